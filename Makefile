@@ -6,15 +6,39 @@ E2E_CLUSTER := $(CARGO_TARGET_DIR)/debug/e2e-cluster
 # Directory of the long-lived local cluster (gitignored).
 CLUSTER_DIR ?= .e2e/cluster
 
-.PHONY: build cluster-up cluster-down
+.PHONY: setup k8s build lint test unit-test demo cluster-up cluster-down
+
+## setup: install missing Debian packages and build the pinned control plane (once)
+setup:
+	e2e/setup.sh
+
+## k8s: build the pinned control plane into its cache (no-op when cached)
+k8s:
+	e2e/k8s/build.sh >/dev/null
 
 ## build: every binary of the workspace (debug)
 build:
 	$(CARGO) build --workspace --bins
 
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## test: everything a change must pass: lint, unit tests, local-cluster integration tests
+test: setup lint build
+	$(CARGO) test --workspace
+
+## unit-test: only the tests that need no cluster
+unit-test:
+	$(CARGO) test --workspace --lib --bins
+
+## demo: local cluster, a chart installed by helm, its pods and Service exercised
+demo: setup build
+	e2e/demo.sh
+
 ## cluster-up: start the local cluster in $(CLUSTER_DIR) (builds what is missing first)
-cluster-up: build
-	e2e/k8s/build.sh >/dev/null
+cluster-up: build k8s
 	$(E2E_CLUSTER) up --dir $(CLUSTER_DIR)
 
 ## cluster-down: stop the local cluster of $(CLUSTER_DIR) and wait until it is gone

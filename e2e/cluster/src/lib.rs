@@ -17,6 +17,8 @@
 //! See `e2e/README.md` for how the cluster is built and where it differs from a
 //! real one.
 
+#![warn(missing_docs)]
+
 pub mod bins;
 pub mod client;
 pub mod cluster;

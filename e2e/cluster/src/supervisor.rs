@@ -93,19 +93,37 @@ async fn supervise(opts: RunOptions) -> Result<i32> {
         layout.root().display()
     ));
     let mut procs = Procs::default();
+    let code = run_cluster(&opts, &layout, slot.slot(), &mut procs, &mut stop).await;
+    procs.teardown();
+    finish(&layout);
+    Ok(code)
+}
+
+/// Starts the cluster, announces it and watches it; returns the exit code. The
+/// caller tears down whatever was started, whatever happened.
+async fn run_cluster(
+    opts: &RunOptions,
+    layout: &Layout,
+    slot: u8,
+    procs: &mut Procs,
+    stop: &mut StopRequests,
+) -> i32 {
     let started = Instant::now();
     let outcome = tokio::select! {
-        r = start(&opts, &layout, slot.slot(), &mut procs) => match r {
+        r = start(opts, layout, slot, procs) => match r {
             Ok(info) => Outcome::Started(Box::new(info)),
             Err(e) => Outcome::Failed(e),
         },
         reason = stop.next() => Outcome::Stopped(reason),
     };
-    let code = match outcome {
+    match outcome {
         Outcome::Started(info) => {
             log(format!("cluster ready in {:.1?}", started.elapsed()));
-            announce(&info, &layout)?;
-            watch(&mut procs, &mut stop).await
+            if let Err(err) = announce(&info, layout) {
+                log(format!("announcing the cluster failed: {err:#}"));
+                return 1;
+            }
+            watch(procs, stop).await
         }
         Outcome::Failed(err) => {
             log(format!("startup failed: {err:#}"));
@@ -115,11 +133,7 @@ async fn supervise(opts: RunOptions) -> Result<i32> {
             log(format!("stopping during startup: {reason}"));
             0
         }
-    };
-    procs.teardown();
-    finish(&layout);
-    drop(slot);
-    Ok(code)
+    }
 }
 
 /// The cluster directory: `dir`, or a fresh one per slot and pid under the temp dir.

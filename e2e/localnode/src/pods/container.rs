@@ -21,7 +21,7 @@ use super::procs::signal_group;
 use super::state::{CState, Kind, Terminated};
 use super::volumes::VolumePath;
 use super::worker::{PodCtx, Stop};
-use super::{command, env, fieldref, layout, mounts, status, user};
+use super::{command, env, fieldref, layout, mounts, status, sweep, user};
 use crate::sandbox;
 
 /// How often a container whose configuration is incomplete is retried.
@@ -187,6 +187,9 @@ impl Supervisor {
                 }
             };
             self.last_wait = None;
+            if self.stopping() {
+                return Exit::Stopped;
+            }
             let (t, ran) = self.run_once(launch, restart).await;
             if self.stopping() {
                 return Exit::Stopped;
@@ -398,6 +401,7 @@ impl Supervisor {
         };
         let pgid = child.id().map_or(0, |p| p as i32);
         self.p.rt.procs.add(pgid);
+        sweep::record(&l.spec.scratch_dir, pgid);
         let image_id = l.image_id.clone();
         let running_id = cid.clone();
         self.update(|c| {
@@ -420,6 +424,7 @@ impl Supervisor {
         );
         let status = self.wait(child, pgid, &l).await;
         self.p.rt.procs.finish(pgid);
+        sweep::forget(&l.spec.scratch_dir);
         let start_error = l
             .spec
             .error_file

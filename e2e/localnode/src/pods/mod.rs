@@ -24,6 +24,7 @@ mod procs;
 mod quantity;
 mod state;
 mod status;
+mod sweep;
 mod user;
 mod volumes;
 mod worker;
@@ -183,6 +184,13 @@ pub async fn run(ctx: Arc<Ctx>) -> anyhow::Result<()> {
         let _ = RUNTIME.set(Arc::new(Runtime::new(ctx.clone())?));
     }
     let rt = RUNTIME.get().expect("runtime set above").clone();
+    let leftovers = sweep::sweep(&layout::pods_root(&ctx.args.state_dir));
+    if leftovers > 0 {
+        tracing::info!(
+            leftovers,
+            "killed processes a previous agent's containers left behind"
+        );
+    }
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
