@@ -6,7 +6,7 @@ E2E_CLUSTER := $(CARGO_TARGET_DIR)/debug/e2e-cluster
 # Directory of the long-lived local cluster (gitignored).
 CLUSTER_DIR ?= .e2e/cluster
 
-.PHONY: setup k8s build lint test unit-test demo cluster-up cluster-down
+.PHONY: setup k8s build lint test unit-test bench demo cluster-up cluster-down
 
 ## setup: install missing Debian packages and build the pinned control plane (once)
 setup:
@@ -32,6 +32,10 @@ test: setup lint build
 ## unit-test: only the tests that need no cluster
 unit-test:
 	$(CARGO) test --workspace --lib --bins
+
+## bench: benchmarks, each reported against a baseline measured in the same run
+bench: setup build
+	$(CARGO) bench --workspace
 
 ## demo: local cluster, a chart installed by helm, its pods and Service exercised
 demo: setup build
