@@ -140,10 +140,10 @@ async fn measure_pod(pods: &Api<Pod>, trial: usize, probed: bool) -> (Duration, 
         let pod = pods.get(name_ref).await?;
         let status = pod.status.unwrap_or_default();
         let not_yet_serving = serving_ref.lock().unwrap().is_none();
-        if let (true, Some(ip)) = (not_yet_serving, status.pod_ip.as_deref()) {
-            if answers(&format!("{ip}:8080")).await {
-                *serving_ref.lock().unwrap() = Some(start.elapsed());
-            }
+        if let (true, Some(ip)) = (not_yet_serving, status.pod_ip.as_deref())
+            && answers(&format!("{ip}:8080")).await
+        {
+            *serving_ref.lock().unwrap() = Some(start.elapsed());
         }
         let conditions = status.conditions.unwrap_or_default();
         let is_ready = conditions
