@@ -1,0 +1,3 @@
+//! Process plumbing shared by ringmaster's components.
+
+pub mod copy_self;
