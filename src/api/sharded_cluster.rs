@@ -1,0 +1,212 @@
+//! `ShardedCluster`: a sharded Redis or PostgreSQL cluster, as users declare it.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    Condition, Engine, FailoverSpec, PvcRetentionPolicy, ReplicationSpec, Resources, StorageSpec,
+};
+
+/// Most shards a cluster may have.
+pub const MAX_SHARDS: i32 = 64;
+/// Most replicas (besides the primary) a shard may have.
+pub const MAX_REPLICAS: i32 = 5;
+
+/// A sharded database cluster: `shards` shards on a consistent hash ring, each a
+/// primary with `replicas` streaming replicas.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ringmaster.dev",
+    version = "v1alpha1",
+    kind = "ShardedCluster",
+    namespaced,
+    status = "ShardedClusterStatus",
+    shortname = "sc",
+    category = "ringmaster",
+    printcolumn = r#"{"name":"Engine","type":"string","jsonPath":".spec.engine"}"#,
+    printcolumn = r#"{"name":"Shards","type":"integer","jsonPath":".spec.shards"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyShards"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("!has(self.weights) || size(self.weights) == self.shards").message("weights must list exactly one weight per shard (as many entries as shards), or be omitted for equal shards"))]
+#[serde(rename_all = "camelCase")]
+pub struct ShardedClusterSpec {
+    /// Database engine: `redis` or `postgres`. Immutable: to change engines, create a
+    /// new cluster and migrate the data.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("engine is immutable: create a new ShardedCluster with the other engine and migrate the data to it"))]
+    pub engine: Engine,
+    /// Server version (the image tag of the stock `redis` / `postgres` image); the
+    /// engine's default (Redis 7.0, PostgreSQL 15) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub version: Option<String>,
+    /// Full image reference, overriding `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub image: Option<String>,
+    /// Number of shards, 1 to 64. Can grow; lowering it needs a migration that drains
+    /// the removed shards first.
+    #[serde(default = "default_shards")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 64").message("shards must be between 1 and 64"))]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("shards cannot decrease: removing shards needs a migration that drains their data first; set shards back to its previous value"))]
+    pub shards: i32,
+    /// Relative weight of each shard on the hash ring (one positive entry per shard;
+    /// equal weights when omitted). A shard of weight 2 owns twice the keys of one of
+    /// weight 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(w, w >= 1 && w <= 1000)").message("every weight must be a whole number from 1 to 1000: give each shard a positive weight, or omit weights"))]
+    pub weights: Option<Vec<i32>>,
+    /// Replicas per shard besides the primary, 0 to 5 (default 1).
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 5").message("replicas must be between 0 and 5 (streaming replicas per shard, besides the primary)"))]
+    pub replicas: i32,
+    /// Persistent storage of each instance.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Compute resources of each database container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Resources,
+    /// Replication mode: `async` (default) or `sync`.
+    #[serde(default)]
+    pub replication: ReplicationSpec,
+    /// Automatic failover policy.
+    #[serde(default)]
+    pub failover: FailoverSpec,
+    /// What happens to volumes of removed instances.
+    #[serde(default)]
+    pub pvc_retention: PvcRetentionPolicy,
+    /// Router settings (Redis).
+    #[serde(default)]
+    pub router: RouterSpec,
+    /// PostgreSQL settings: the sharded tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSpec>,
+}
+
+fn default_shards() -> i32 {
+    1
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+impl ShardedClusterSpec {
+    /// The image every database container runs.
+    pub fn image(&self) -> String {
+        match &self.image {
+            Some(image) => image.clone(),
+            None => {
+                let version = self
+                    .version
+                    .as_deref()
+                    .unwrap_or(self.engine.default_version());
+                format!("{}:{version}", self.engine.as_str())
+            }
+        }
+    }
+
+    /// The ring weight of shard `index` (1 when weights are not given).
+    pub fn weight(&self, index: i32) -> i32 {
+        let weights = self.weights.as_deref().unwrap_or_default();
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| weights.get(i))
+            .copied()
+            .unwrap_or(1)
+    }
+}
+
+/// Settings of `ringmaster router`, the Redis data path.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterSpec {
+    /// Router Pods (Redis clusters), 1 to 10 (default 2).
+    #[serde(default = "default_router_replicas")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 10").message("router.replicas must be between 1 and 10"))]
+    pub replicas: i32,
+    /// Serve reads from replicas whose lag is under `maxReplicaLagBytes`.
+    #[serde(default)]
+    pub read_from_replicas: bool,
+    /// Largest replica lag (bytes) at which a replica still serves reads.
+    #[serde(default = "default_router_max_lag")]
+    pub max_replica_lag_bytes: i64,
+}
+
+fn default_router_replicas() -> i32 {
+    2
+}
+
+fn default_router_max_lag() -> i64 {
+    1024 * 1024
+}
+
+impl Default for RouterSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 2,
+            read_from_replicas: false,
+            max_replica_lag_bytes: default_router_max_lag(),
+        }
+    }
+}
+
+/// PostgreSQL-specific settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSpec {
+    /// Tables distributed across the shards, each by its shard-key column.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub sharded_tables: Vec<ShardedTable>,
+}
+
+/// A table sharded by one of its columns.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardedTable {
+    /// Table name, optionally schema-qualified (`public.orders`).
+    #[schemars(length(min = 1, max = 127))]
+    pub name: String,
+    /// Column whose hash places each row on a shard.
+    #[schemars(length(min = 1, max = 63))]
+    pub shard_key: String,
+}
+
+/// Observed state of a ShardedCluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardedClusterStatus {
+    /// `Provisioning`, `Ready`, `Degraded` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Shards that exist.
+    #[serde(default)]
+    pub shards: i32,
+    /// Shards whose every instance is Ready.
+    #[serde(default)]
+    pub ready_shards: i32,
+    /// Version of the routing table published in the `<cluster>-routing` ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_version: Option<i64>,
+    /// Version of the hash ring in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_version: Option<i64>,
+    /// The primary instance of each shard.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub primaries: BTreeMap<String, String>,
+    /// Name of the Secret holding the generated credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// `Ready`, `Progressing` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,277 @@
+//! The CRDs on the real apiserver: they install, `kubectl explain` explains them,
+//! valid resources are accepted with their defaults, and invalid ones — on create and
+//! on update — are rejected with a message that says what to change.
+
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use ringmaster_e2e::{Cluster, wait_for};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn install_crds(cluster: &Cluster) {
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
+    let out = cluster.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
+    assert!(
+        out.status.success(),
+        "installing the CRDs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let established = cluster.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/shardedclusters.ringmaster.dev",
+        "crd/shards.ringmaster.dev",
+        "crd/shardmigrations.ringmaster.dev",
+    ]);
+    assert!(
+        established.status.success(),
+        "CRDs not Established: {}",
+        String::from_utf8_lossy(&established.stderr)
+    );
+}
+
+fn resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("ringmaster.dev", "v1alpha1", kind),
+        plural,
+    )
+}
+
+async fn api(cluster: &Cluster, ns: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let client = cluster.client().await;
+    let api = Api::namespaced_with(client, ns, &resource(kind, plural));
+    // Discovery of a fresh CRD takes a moment; wait until the API serves the kind.
+    let probe = api.clone();
+    wait_for(
+        &format!("the {kind} API to be served"),
+        WAIT,
+        Duration::from_millis(200),
+        || async { Ok(probe.list(&Default::default()).await.ok().map(|_| ())) },
+    )
+    .await
+    .unwrap();
+    api
+}
+
+fn object(kind: &str, name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "ringmaster.dev/v1alpha1",
+        "kind": kind,
+        "metadata": { "name": name },
+        "spec": spec
+    }))
+    .unwrap()
+}
+
+/// Creates `spec` and returns the apiserver's rejection message (panics if accepted).
+async fn rejected_create(api: &Api<DynamicObject>, kind: &str, name: &str, spec: Value) -> String {
+    match api
+        .create(&PostParams::default(), &object(kind, name, spec.clone()))
+        .await
+    {
+        Ok(_) => panic!("{kind} {name} with spec {spec} was accepted"),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(
+                status.code, 422,
+                "{name}: expected 422 Invalid, got {status:?}"
+            );
+            status.message
+        }
+        Err(other) => panic!("{name}: unexpected error {other}"),
+    }
+}
+
+/// Merge-patches an existing object's spec and returns the rejection message.
+async fn rejected_update(api: &Api<DynamicObject>, name: &str, spec_patch: Value) -> String {
+    let patch = Patch::Merge(json!({ "spec": spec_patch }));
+    match api.patch(name, &PatchParams::default(), &patch).await {
+        Ok(_) => panic!("update of {name} with {spec_patch} was accepted"),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(
+                status.code, 422,
+                "{name}: expected 422 Invalid, got {status:?}"
+            );
+            status.message
+        }
+        Err(other) => panic!("{name}: unexpected error {other}"),
+    }
+}
+
+fn assert_says(message: &str, expected: &str) {
+    assert!(
+        message.contains(expected),
+        "rejection message {message:?} should contain {expected:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_sharded_clusters_are_rejected_with_clear_messages() {
+    let cluster = Cluster::shared();
+    install_crds(cluster).await;
+    let ns = cluster.namespace("crd-invalid").await;
+    let api = api(cluster, ns.name(), "ShardedCluster", "shardedclusters").await;
+    let sc = "ShardedCluster";
+
+    // On create.
+    let cases = [
+        (
+            "zero-shards",
+            json!({ "engine": "redis", "shards": 0 }),
+            "shards must be between 1 and 64",
+        ),
+        (
+            "negative-replicas",
+            json!({ "engine": "redis", "replicas": -1 }),
+            "replicas must be between 0 and 5",
+        ),
+        (
+            "too-many-replicas",
+            json!({ "engine": "redis", "replicas": 9 }),
+            "replicas must be between 0 and 5",
+        ),
+        (
+            "unknown-engine",
+            json!({ "engine": "mysql" }),
+            "supported values: \"redis\", \"postgres\"",
+        ),
+        (
+            "missing-engine",
+            json!({ "shards": 2 }),
+            "spec.engine: Required value",
+        ),
+        (
+            "zero-weight",
+            json!({ "engine": "redis", "shards": 2, "weights": [1, 0] }),
+            "every weight must be a whole number from 1 to 1000",
+        ),
+        (
+            "weights-count",
+            json!({ "engine": "redis", "shards": 3, "weights": [1, 2] }),
+            "one weight per shard",
+        ),
+        (
+            "bad-size",
+            json!({ "engine": "redis", "storage": { "size": "lots" } }),
+            "storage.size must be a Kubernetes quantity",
+        ),
+        (
+            "bad-duration",
+            json!({ "engine": "redis", "failover": { "unhealthyAfter": "soon" } }),
+            "failover.unhealthyAfter must be a duration",
+        ),
+    ];
+    for (name, spec, expected) in cases {
+        let message = rejected_create(&api, sc, name, spec).await;
+        assert_says(&message, expected);
+    }
+
+    // On update of a valid cluster.
+    let valid = json!({ "engine": "redis", "shards": 3, "storage": { "size": "2Gi" } });
+    api.create(&PostParams::default(), &object(sc, "valid", valid))
+        .await
+        .expect("a valid cluster is accepted");
+    assert_says(
+        &rejected_update(&api, "valid", json!({ "engine": "postgres" })).await,
+        "engine is immutable",
+    );
+    assert_says(
+        &rejected_update(&api, "valid", json!({ "shards": 2 })).await,
+        "shards cannot decrease",
+    );
+    assert_says(
+        &rejected_update(&api, "valid", json!({ "storage": { "size": "1Gi" } })).await,
+        "storage.size can only grow",
+    );
+    // Growing is fine.
+    let grow = Patch::Merge(
+        json!({ "spec": { "shards": 4, "storage": { "size": "3Gi" }, "replicas": 2 } }),
+    );
+    api.patch("valid", &PatchParams::default(), &grow)
+        .await
+        .expect("growing shards, storage and replicas is accepted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn valid_cluster_gets_defaults_and_kubectl_explains_the_fields() {
+    let cluster = Cluster::shared();
+    install_crds(cluster).await;
+    let ns = cluster.namespace("crd-defaults").await;
+    let api = api(cluster, ns.name(), "ShardedCluster", "shardedclusters").await;
+    let created = api
+        .create(
+            &PostParams::default(),
+            &object("ShardedCluster", "minimal", json!({ "engine": "postgres" })),
+        )
+        .await
+        .expect("a minimal cluster is accepted");
+    let spec = &created.data["spec"];
+    assert_eq!(spec["shards"], 1);
+    assert_eq!(spec["replicas"], 1);
+    assert_eq!(spec["storage"]["size"], "1Gi");
+    assert_eq!(spec["replication"]["mode"], "async");
+    assert_eq!(spec["failover"]["unhealthyAfter"], "5s");
+
+    // `sc` is also StorageClass's built-in short name, which kubectl prefers; the
+    // full names are unambiguous.
+    let explain = cluster.kubectl(&["explain", "shardedclusters.spec.replicas"]);
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        explain.status.success() && text.contains("Replicas per shard besides the primary"),
+        "kubectl explain:\n{text}"
+    );
+    let get = cluster.kubectl(&["get", "shardedclusters", "-n", ns.name()]);
+    let table = String::from_utf8_lossy(&get.stdout);
+    for column in ["ENGINE", "SHARDS", "READY", "PHASE", "AGE", "postgres"] {
+        assert!(
+            table.contains(column),
+            "kubectl get sc lacks {column}:\n{table}"
+        );
+    }
+    let category = cluster.kubectl(&["get", "ringmaster", "-n", ns.name()]);
+    assert!(
+        String::from_utf8_lossy(&category.stdout).contains("minimal"),
+        "the ringmaster category lists the cluster"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_shards_and_migrations_are_rejected() {
+    let cluster = Cluster::shared();
+    install_crds(cluster).await;
+    let ns = cluster.namespace("crd-others").await;
+    let shards = api(cluster, ns.name(), "Shard", "shards").await;
+    let base = json!({ "cluster": "c", "index": 0, "engine": "redis", "image": "redis:7.0", "replicas": 1 });
+    let mut zero_weight = base.clone();
+    zero_weight["weight"] = json!(0);
+    assert_says(
+        &rejected_create(&shards, "Shard", "zero-weight", zero_weight).await,
+        "weight must be at least 1",
+    );
+    shards
+        .create(&PostParams::default(), &object("Shard", "ok", base))
+        .await
+        .expect("a valid shard");
+    assert_says(
+        &rejected_update(&shards, "ok", json!({ "index": 1 })).await,
+        "index is immutable",
+    );
+
+    let migrations = api(cluster, ns.name(), "ShardMigration", "shardmigrations").await;
+    let message = rejected_create(
+        &migrations,
+        "ShardMigration",
+        "nothing",
+        json!({ "cluster": "c" }),
+    )
+    .await;
+    assert_says(&message, "say what to move");
+    let bad_range = json!({ "cluster": "c", "moves": [{ "start": "12", "end": "0x0000000000000001", "source": 0, "target": 1 }] });
+    assert_says(
+        &rejected_create(&migrations, "ShardMigration", "bad-range", bad_range).await,
+        "start must be 0x",
+    );
+}
