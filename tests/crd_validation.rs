@@ -275,3 +275,24 @@ async fn invalid_shards_and_migrations_are_rejected() {
         "start must be 0x",
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn examples_are_valid_resources() {
+    let cluster = Cluster::shared();
+    install_crds(cluster).await;
+    let ns = cluster.namespace("crd-examples").await;
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let out = cluster.kubectl(&["apply", "--dry-run=server", "-n", ns.name(), "-f", examples]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "examples rejected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "shardedcluster.ringmaster.dev/cache",
+        "shardedcluster.ringmaster.dev/orders",
+    ] {
+        assert!(stdout.contains(name), "{name} missing from:\n{stdout}");
+    }
+}
