@@ -6,7 +6,7 @@ E2E_CLUSTER := $(CARGO_TARGET_DIR)/debug/e2e-cluster
 # Directory of the long-lived local cluster (gitignored).
 CLUSTER_DIR ?= .e2e/cluster
 
-.PHONY: setup k8s build lint test unit-test bench demo cluster-up cluster-down
+.PHONY: setup k8s build crds lint test unit-test bench demo cluster-up cluster-down
 
 ## setup: install missing Debian packages and build the pinned control plane (once)
 setup:
@@ -19,6 +19,10 @@ k8s:
 ## build: every binary of the workspace (debug)
 build:
 	$(CARGO) build --workspace --bins
+
+## crds: regenerate crds/ and the Helm chart's copies from the Rust types
+crds:
+	$(CARGO) run -q -p ringmaster -- crdgen
 
 ## lint: formatting and clippy, warnings are errors
 lint:

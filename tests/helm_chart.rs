@@ -1,0 +1,436 @@
+//! The Helm chart: lints clean, renders sane objects for both RBAC modes, installs on
+//! the real apiserver, and its RBAC grants the operator's ServiceAccount what the
+//! operator does — and nothing more — checked with `kubectl auth can-i`.
+//!
+//! The operator Deployment is installed with `replicas=0`: these tests check the
+//! chart, not the operator.
+
+use std::collections::BTreeSet;
+
+use ringmaster_e2e::Cluster;
+use serde_json::Value;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/ringmaster");
+
+fn helm_ok(cluster: &Cluster, args: &[&str]) -> String {
+    let out = cluster.helm(args);
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `helm template` output as JSON values, one per object.
+fn render(cluster: &Cluster, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["template", "rm", CHART, "--namespace", "ringmaster-system"];
+    args.extend_from_slice(extra);
+    let text = helm_ok(cluster, &args);
+    text.split("\n---")
+        .filter_map(|doc| serde_yaml::from_str::<Value>(doc).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+fn kinds(objects: &[Value]) -> BTreeSet<String> {
+    objects
+        .iter()
+        .map(|o| {
+            let ns = o["metadata"]["namespace"].as_str().unwrap_or("-");
+            format!(
+                "{}/{}/{}",
+                o["kind"].as_str().unwrap(),
+                ns,
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn deployment(objects: &[Value]) -> &Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("a Deployment")
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn chart_lints_clean_in_both_rbac_modes() {
+    let cluster = Cluster::shared();
+    for extra in [
+        &[][..],
+        &[
+            "--set",
+            "watchNamespaces={a,b}",
+            "--set",
+            "serviceMonitor.enabled=true",
+        ][..],
+    ] {
+        let mut args = vec!["lint", "--strict", CHART];
+        args.extend_from_slice(extra);
+        let out = helm_ok(cluster, &args);
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+        assert!(
+            !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+            "{out}"
+        );
+    }
+    let bad = cluster.helm(&["lint", CHART, "--set", "logFormat=xml"]);
+    assert!(
+        !bad.status.success(),
+        "logFormat=xml must be rejected by the schema"
+    );
+}
+
+#[test]
+fn all_namespaces_renders_a_cluster_role() {
+    let cluster = Cluster::shared();
+    let objects = render(cluster, &[]);
+    let kinds = kinds(&objects);
+    for expected in [
+        "ServiceAccount/ringmaster-system/rm-ringmaster",
+        "ClusterRole/-/rm-ringmaster",
+        "ClusterRoleBinding/-/rm-ringmaster",
+        "Role/ringmaster-system/rm-ringmaster-leader-election",
+        "RoleBinding/ringmaster-system/rm-ringmaster-leader-election",
+        "Service/ringmaster-system/rm-ringmaster-metrics",
+        "Deployment/ringmaster-system/rm-ringmaster",
+    ] {
+        assert!(
+            kinds.contains(expected),
+            "{expected} missing from {kinds:#?}"
+        );
+    }
+    assert!(
+        !kinds.iter().any(|k| k.starts_with("ServiceMonitor/")),
+        "{kinds:#?}"
+    );
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k.starts_with("Role/") && !k.ends_with("-leader-election")),
+        "{kinds:#?}"
+    );
+
+    let pod = &deployment(&objects)["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(
+        strings(&container["args"]),
+        [
+            "operator",
+            "--http-addr=0.0.0.0:8080",
+            "--log-level=info",
+            "--log-format=json"
+        ]
+    );
+    let image = container["image"].as_str().unwrap();
+    assert_eq!(image, "ghcr.io/ringmaster/ringmaster:0.1.0");
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(env, ["POD_NAME", "POD_NAMESPACE", "RINGMASTER_IMAGE"]);
+    assert_eq!(container["env"][2]["value"], image);
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    let sc = &container["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+}
+
+#[test]
+fn watched_namespaces_render_roles_and_the_flag() {
+    let cluster = Cluster::shared();
+    let objects = render(
+        cluster,
+        &[
+            "--set",
+            "watchNamespaces={team-a,team-b,team-a}",
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "image.tag=1.2.3",
+        ],
+    );
+    let kinds = kinds(&objects);
+    for expected in [
+        "Role/team-a/rm-ringmaster",
+        "RoleBinding/team-a/rm-ringmaster",
+        "Role/team-b/rm-ringmaster",
+        "RoleBinding/team-b/rm-ringmaster",
+        "ServiceMonitor/ringmaster-system/rm-ringmaster",
+    ] {
+        assert!(
+            kinds.contains(expected),
+            "{expected} missing from {kinds:#?}"
+        );
+    }
+    assert!(!kinds.contains("ClusterRole/-/rm-ringmaster"), "{kinds:#?}");
+    assert!(
+        !kinds.contains("ClusterRoleBinding/-/rm-ringmaster"),
+        "{kinds:#?}"
+    );
+    let container = &deployment(&objects)["spec"]["template"]["spec"]["containers"][0];
+    assert!(strings(&container["args"]).contains(&"--namespaces=team-a,team-b"));
+    assert_eq!(container["image"], "ghcr.io/ringmaster/ringmaster:1.2.3");
+}
+
+/// `kubectl auth can-i <verb> <resource> -n <ns>` as `user`; `resource` may end in
+/// `#<subresource>` (a `/` would name an object).
+fn can_i(cluster: &Cluster, user: &str, verb: &str, resource: &str, ns: &str) -> bool {
+    let (resource, subresource) = resource.split_once('#').unwrap_or((resource, ""));
+    let mut args = vec!["auth", "can-i", verb, resource, "-n", ns, "--as", user];
+    let flag = format!("--subresource={subresource}");
+    if !subresource.is_empty() {
+        args.push(&flag);
+    }
+    let out = cluster.kubectl(&args);
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// What the operator must be able to do in a namespace it manages.
+const GRANTED: &[(&str, &str)] = &[
+    ("watch", "shardedclusters.ringmaster.dev"),
+    ("patch", "shardedclusters.ringmaster.dev#status"),
+    ("update", "shardedclusters.ringmaster.dev#finalizers"),
+    ("create", "shards.ringmaster.dev"),
+    ("delete", "shards.ringmaster.dev"),
+    ("patch", "shardmigrations.ringmaster.dev#status"),
+    ("create", "pods"),
+    ("delete", "pods"),
+    ("patch", "services"),
+    ("create", "persistentvolumeclaims"),
+    ("update", "configmaps"),
+    ("get", "secrets"),
+    ("create", "secrets"),
+    ("patch", "deployments.apps"),
+    ("create", "events.events.k8s.io"),
+];
+
+/// What it must not be able to do anywhere.
+const DENIED: &[(&str, &str)] = &[
+    ("create", "shardedclusters.ringmaster.dev"),
+    ("delete", "shardedclusters.ringmaster.dev"),
+    ("delete", "secrets"),
+    ("update", "secrets"),
+    ("create", "pods#exec"),
+    ("patch", "pods#status"),
+    ("create", "roles.rbac.authorization.k8s.io"),
+    ("delete", "namespaces"),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespaced_install_grants_only_the_watched_namespaces() {
+    let cluster = Cluster::shared();
+    let release_ns = cluster.namespace("chart-ns").await;
+    let team_a = cluster.namespace("chart-team-a").await;
+    let other = cluster.namespace("chart-other").await;
+    let release = format!("rmn{}", &release_ns.name()[release_ns.name().len() - 5..]);
+    let namespaces = format!("watchNamespaces={{{}}}", team_a.name());
+    helm_ok(
+        cluster,
+        &[
+            "install",
+            &release,
+            CHART,
+            "--namespace",
+            release_ns.name(),
+            "--skip-crds",
+            "--set",
+            "replicas=0",
+            "--set",
+            &namespaces,
+            "--set",
+            "rbac.aggregateToDefaultRoles=false",
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    let sa = format!(
+        "system:serviceaccount:{}:{release}-ringmaster",
+        release_ns.name()
+    );
+    for (verb, resource) in GRANTED {
+        assert!(
+            can_i(cluster, &sa, verb, resource, team_a.name()),
+            "cannot {verb} {resource} in the watched namespace"
+        );
+        assert!(
+            !can_i(cluster, &sa, verb, resource, other.name()),
+            "can {verb} {resource} in an unwatched namespace"
+        );
+    }
+    for (verb, resource) in DENIED {
+        assert!(
+            !can_i(cluster, &sa, verb, resource, team_a.name()),
+            "can {verb} {resource}"
+        );
+    }
+    assert_lease_rules(cluster, &sa, release_ns.name());
+    helm_ok(
+        cluster,
+        &[
+            "uninstall",
+            &release,
+            "--namespace",
+            release_ns.name(),
+            "--wait",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_wide_install_grants_every_namespace() {
+    let cluster = Cluster::shared();
+    let release_ns = cluster.namespace("chart-cw").await;
+    let anywhere = cluster.namespace("chart-any").await;
+    let release = format!("rmc{}", &release_ns.name()[release_ns.name().len() - 5..]);
+    helm_ok(
+        cluster,
+        &[
+            "install",
+            &release,
+            CHART,
+            "--namespace",
+            release_ns.name(),
+            "--set",
+            "replicas=0",
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    // The chart's CRDs were installed (or already were) and are served.
+    let crds = cluster.kubectl(&[
+        "get",
+        "crd",
+        "shardedclusters.ringmaster.dev",
+        "shards.ringmaster.dev",
+        "shardmigrations.ringmaster.dev",
+    ]);
+    assert!(
+        crds.status.success(),
+        "{}",
+        String::from_utf8_lossy(&crds.stderr)
+    );
+    let sa = format!(
+        "system:serviceaccount:{}:{release}-ringmaster",
+        release_ns.name()
+    );
+    for (verb, resource) in GRANTED {
+        assert!(
+            can_i(cluster, &sa, verb, resource, anywhere.name()),
+            "cannot {verb} {resource}"
+        );
+    }
+    for (verb, resource) in DENIED {
+        assert!(
+            !can_i(cluster, &sa, verb, resource, anywhere.name()),
+            "can {verb} {resource}"
+        );
+    }
+    assert_lease_rules(cluster, &sa, release_ns.name());
+    // Namespace editors may manage ShardedClusters through the aggregated roles.
+    let editor = cluster.kubectl(&[
+        "create",
+        "rolebinding",
+        "editor",
+        "--clusterrole=edit",
+        "--user=alice",
+        "-n",
+        anywhere.name(),
+    ]);
+    assert!(
+        editor.status.success(),
+        "{}",
+        String::from_utf8_lossy(&editor.stderr)
+    );
+    let alice_can = ringmaster_e2e::wait_for(
+        "the edit role to aggregate ringmaster.dev",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(200),
+        || async {
+            Ok(can_i(
+                cluster,
+                "alice",
+                "create",
+                "shardedclusters.ringmaster.dev",
+                anywhere.name(),
+            )
+            .then_some(()))
+        },
+    )
+    .await;
+    assert!(alice_can.is_ok(), "{alice_can:?}");
+    helm_ok(
+        cluster,
+        &[
+            "uninstall",
+            &release,
+            "--namespace",
+            release_ns.name(),
+            "--wait",
+        ],
+    );
+}
+
+fn assert_lease_rules(cluster: &Cluster, sa: &str, ns: &str) {
+    assert!(can_i(
+        cluster,
+        sa,
+        "get",
+        "leases.coordination.k8s.io/ringmaster-operator",
+        ns
+    ));
+    assert!(can_i(
+        cluster,
+        sa,
+        "update",
+        "leases.coordination.k8s.io/ringmaster-operator",
+        ns
+    ));
+    assert!(can_i(
+        cluster,
+        sa,
+        "create",
+        "leases.coordination.k8s.io",
+        ns
+    ));
+    assert!(!can_i(
+        cluster,
+        sa,
+        "update",
+        "leases.coordination.k8s.io/someone-else",
+        ns
+    ));
+    assert!(!can_i(
+        cluster,
+        sa,
+        "delete",
+        "leases.coordination.k8s.io/ringmaster-operator",
+        ns
+    ));
+}
