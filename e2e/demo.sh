@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The demo on the local cluster: a real control plane and a process-backed node;
-# a chart installed with helm, its Pod running as local processes on a loopback
-# IP, answering through its Service's virtual IP, its logs read with kubectl.
+# the operator installed by its Helm chart and running as a Pod; the example Redis
+# and PostgreSQL clusters created, shown Ready, and used through their Services
+# with the generated credentials.
 # DEMO_KEEP=1 leaves the cluster running (stop it with `make cluster-down CLUSTER_DIR=.e2e/demo`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DIR="${DEMO_DIR:-.e2e/demo}"
+NS=demo
 E2E_CLUSTER="${CARGO_TARGET_DIR:-target}/debug/e2e-cluster"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -19,30 +21,44 @@ export KUBECONFIG="$PWD/$DIR/admin.kubeconfig"
 BIN="$(e2e/k8s/build.sh --print-bin-dir)"
 kubectl() { "$BIN/kubectl" "$@"; }
 helm() { "$BIN/helm" "$@"; }
-
-step "control plane and node"
-kubectl version
 kubectl get nodes -o wide
 
-step "helm install tiny (a Deployment serving a ConfigMap, and its Service)"
-kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f -
-helm upgrade --install tiny e2e/testdata/charts/tiny -n demo --wait --timeout 90s
-helm list -n demo
-kubectl get pods,services -n demo -o wide
+step "helm install ringmaster (CRDs, RBAC, the operator Deployment)"
+helm upgrade --install ringmaster charts/ringmaster -n ringmaster-system --create-namespace \
+  --set logFormat=text --wait --timeout 120s
+kubectl get pods -n ringmaster-system -o wide
 
-step "through the Service's virtual IP"
-VIP="$(kubectl get service tiny-web -n demo -o jsonpath='{.spec.clusterIP}')"
-for attempt in $(seq 1 50); do
-  if body="$(python3 -c 'import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "http://$VIP/" 2>/dev/null)"; then
-    echo "GET http://$VIP/ -> $body"
-    break
-  fi
-  [[ $attempt -lt 50 ]] || { echo "the Service at $VIP did not answer within 10s" >&2; exit 1; }
-  sleep 0.2
-done
+step "kubectl apply -f examples/ (a Redis and a PostgreSQL ShardedCluster)"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
+kubectl apply -n "$NS" -f examples/
+if ! kubectl wait -n "$NS" --for=jsonpath='{.status.phase}'=Ready \
+    shardedcluster/cache shardedcluster/orders --timeout=300s; then
+  echo "the clusters did not become Ready within 300s; their state:" >&2
+  kubectl get shardedclusters,shards,pods -n "$NS" -o wide >&2
+  kubectl describe shardedclusters -n "$NS" >&2
+  exit 1
+fi
+kubectl get shardedclusters,shards -n "$NS"
+kubectl get pods,pvc -n "$NS" -o wide -L ringmaster.dev/role
 
-step "kubectl logs"
-kubectl logs -n demo deployment/tiny-web
+step "using the clusters through their -rw Services with the generated credentials"
+secret() { kubectl get secret "$1-credentials" -n "$NS" -o jsonpath="{.data.$2}" | base64 -d; }
+vip() { kubectl get service "$1" -n "$NS" -o jsonpath='{.spec.clusterIP}'; }
+REDIS_VIP="$(vip cache-0-rw)"
+REDISCLI_AUTH="$(secret cache password)" redis-cli -h "$REDIS_VIP" -p 6379 SET greeting "hello from shard 0"
+REDISCLI_AUTH="$(secret cache password)" redis-cli -h "$REDIS_VIP" -p 6379 GET greeting
+PG_VIP="$(vip orders-0-rw)"
+PGPASSWORD="$(secret orders password)" psql "host=$PG_VIP port=5432 user=$(secret orders username) dbname=postgres" \
+  -c "CREATE TABLE IF NOT EXISTS orders (id bigserial, customer_id bigint)" \
+  -c "INSERT INTO orders (customer_id) VALUES (42)" -c "SELECT count(*) AS orders FROM orders"
+
+step "the routing table routers and applications read"
+kubectl get configmap cache-routing -n "$NS" -o jsonpath='{.data.routing\.json}'; echo
+
+step "operator metrics"
+OP_VIP="$(kubectl get service -n ringmaster-system -l app.kubernetes.io/name=ringmaster -o jsonpath='{.items[0].spec.clusterIP}')"
+python3 -c 'import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+  "http://$OP_VIP:8080/metrics" | grep -E '^ringmaster_(reconciles_total|leader)' || true
 
 if [[ "${DEMO_KEEP:-0}" == 1 ]]; then
   step "the cluster keeps running: export KUBECONFIG=$KUBECONFIG"

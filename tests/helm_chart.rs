@@ -129,7 +129,7 @@ fn all_namespaces_renders_a_cluster_role() {
         strings(&container["args"]),
         [
             "operator",
-            "--http-addr=0.0.0.0:8080",
+            "--http-addr=$(POD_IP):8080",
             "--log-level=info",
             "--log-format=json"
         ]
@@ -142,8 +142,11 @@ fn all_namespaces_renders_a_cluster_role() {
         .iter()
         .map(|e| e["name"].as_str().unwrap())
         .collect();
-    assert_eq!(env, ["POD_NAME", "POD_NAMESPACE", "RINGMASTER_IMAGE"]);
-    assert_eq!(container["env"][2]["value"], image);
+    assert_eq!(
+        env,
+        ["POD_IP", "POD_NAME", "POD_NAMESPACE", "RINGMASTER_IMAGE"]
+    );
+    assert_eq!(container["env"][3]["value"], image);
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["ports"][0]["containerPort"], 8080);

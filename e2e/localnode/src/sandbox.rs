@@ -189,11 +189,19 @@ fn enter(spec: &Spec) -> anyhow::Result<std::convert::Infallible> {
         None::<&str>,
     )
     .context("making / private")?;
-    for m in sorted_mounts(&spec.mounts) {
-        bind(m)?;
-    }
     let mut env = spec.env.clone();
-    let (uid, gid) = ensure_user(spec, &mut env)?;
+    let (uid, gid, overlays) = ensure_user(spec, &mut env)?;
+    // Every source is opened before anything is mounted, so a volume mounted over a
+    // directory holding other sources (an emptyDir at /tmp, say) cannot hide them.
+    let mut all: Vec<&Mount> = sorted_mounts(&spec.mounts);
+    all.extend(overlays.iter());
+    let prepared = all
+        .into_iter()
+        .map(prepare)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for p in &prepared {
+        bind(p)?;
+    }
     make_dir(Path::new(&spec.cwd))?;
     nix::unistd::chdir(spec.cwd.as_str()).with_context(|| format!("chdir {}", spec.cwd))?;
     drop_privileges(uid, gid, &spec.groups)?;
@@ -218,18 +226,41 @@ fn sorted_mounts(mounts: &[Mount]) -> Vec<&Mount> {
     v
 }
 
-/// Bind-mounts `m.source` at `m.target`, creating the mount point.
-fn bind(m: &Mount) -> anyhow::Result<()> {
+/// A mount whose source is already open (`O_PATH`), immune to later mounts.
+struct Prepared<'a> {
+    mount: &'a Mount,
+    source: std::os::fd::OwnedFd,
+    is_dir: bool,
+}
+
+/// Opens `m.source` so it can be mounted from its descriptor later.
+fn prepare(m: &Mount) -> anyhow::Result<Prepared<'_>> {
+    let what = || format!("opening {} for {}", m.source.display(), m.target.display());
+    let is_dir = std::fs::metadata(&m.source).with_context(what)?.is_dir();
+    let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC;
+    let source =
+        nix::fcntl::open(&m.source, flags, nix::sys::stat::Mode::empty()).with_context(what)?;
+    Ok(Prepared {
+        mount: m,
+        source,
+        is_dir,
+    })
+}
+
+/// Bind-mounts the prepared source at its target, creating the mount point.
+fn bind(p: &Prepared<'_>) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let m = p.mount;
     let what = || format!("mounting {} at {}", m.source.display(), m.target.display());
-    let meta = std::fs::metadata(&m.source).with_context(what)?;
-    if meta.is_dir() {
+    if p.is_dir {
         make_dir(&m.target).with_context(what)?;
     } else {
         touch(&m.target).with_context(what)?;
     }
+    let source = format!("/proc/self/fd/{}", p.source.as_raw_fd());
     let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
     mount(
-        Some(&m.source),
+        Some(source.as_str()),
         &m.target,
         None::<&str>,
         flags,
@@ -264,9 +295,14 @@ fn touch(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes sure the user and group exist in /etc/passwd and /etc/group (binding
-/// generated copies over them if not) and sets `HOME`. Returns (uid, gid).
-fn ensure_user(spec: &Spec, env: &mut Vec<(String, String)>) -> anyhow::Result<(u32, u32)> {
+/// Makes sure the user and group exist in /etc/passwd and /etc/group (returning
+/// mounts of generated copies over them if not) and sets `HOME`.
+/// Returns (uid, gid, mounts).
+fn ensure_user(
+    spec: &Spec,
+    env: &mut Vec<(String, String)>,
+) -> anyhow::Result<(u32, u32, Vec<Mount>)> {
+    let mut overlays = Vec::new();
     let uid = spec.uid.unwrap_or(0);
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let gid = spec
@@ -274,38 +310,38 @@ fn ensure_user(spec: &Spec, env: &mut Vec<(String, String)>) -> anyhow::Result<(
         .or_else(|| passwd_entry(&passwd, uid).map(|e| e.gid))
         .unwrap_or(0);
     if let Some(generated) = passwd_with_user(&passwd, uid, gid) {
-        overlay_file(
+        overlays.push(overlay_file(
             &spec.scratch_dir,
             "passwd",
             &generated,
             Path::new("/etc/passwd"),
-        )?;
+        )?);
     }
     let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
     if let Some(generated) = group_with_gid(&group, gid) {
-        overlay_file(
+        overlays.push(overlay_file(
             &spec.scratch_dir,
             "group",
             &generated,
             Path::new("/etc/group"),
-        )?;
+        )?);
     }
     if !env.iter().any(|(k, _)| k == "HOME") {
         let home = passwd_entry(&passwd, uid).map_or_else(|| "/".to_string(), |e| e.home);
         env.push(("HOME".to_string(), home));
     }
-    Ok((uid, gid))
+    Ok((uid, gid, overlays))
 }
 
-/// Writes `content` to `dir/name` (atomically) and binds it read-only over `target`.
-fn overlay_file(dir: &Path, name: &str, content: &str, target: &Path) -> anyhow::Result<()> {
+/// Writes `content` to `dir/name` (atomically); returns its read-only mount over `target`.
+fn overlay_file(dir: &Path, name: &str, content: &str, target: &Path) -> anyhow::Result<Mount> {
     make_dir(dir)?;
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
     std::fs::rename(&tmp, &path)?;
-    bind(&Mount {
+    Ok(Mount {
         source: path,
         target: target.to_path_buf(),
         read_only: true,

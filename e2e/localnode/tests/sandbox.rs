@@ -198,3 +198,49 @@ fn reports_start_errors() {
     );
     assert!(!Path::new(&tmp.path().join("m")).exists());
 }
+
+#[test]
+fn a_volume_over_the_directory_of_other_sources_hides_none_of_them() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // Like an emptyDir mounted at /tmp while the node's state (the other volumes'
+    // sources and the generated passwd) lives under /tmp: `outer` is mounted over
+    // the directory that holds `inner`'s source.
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("state/empty");
+    let inner = tmp.path().join("state/inner");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::create_dir_all(&inner).unwrap();
+    std::fs::write(inner.join("file"), "inner source\n").unwrap();
+    let outer_target = tmp.path().join("state");
+    let inner_target = tmp.path().join("elsewhere/inner");
+    let script = format!(
+        "cat {i}/file; ls -A {o}; id -un",
+        i = inner_target.display(),
+        o = outer_target.display()
+    );
+    let spec = json!({
+        "argv": ["sh", "-c", script],
+        "env": [["PATH", PATH]],
+        "cwd": "/",
+        "mounts": [
+            {"source": empty, "target": outer_target, "read_only": false},
+            {"source": inner, "target": inner_target, "read_only": true}
+        ],
+        "scratch_dir": tmp.path().join("state/scratch"),
+        "uid": unknown_uid(),
+    });
+    let out = sandbox(&spec);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("inner source\n"),
+        "the inner source is still reachable: {text:?}"
+    );
+    assert!(
+        !text.contains("inner\n"),
+        "the outer volume (empty) covers the state directory: {text:?}"
+    );
+}

@@ -1,0 +1,633 @@
+//! The Shard plan and status, from the YAML fixtures of `tests/fixtures/operator/`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use super::objects::{AGENT_BINARY, DB_CONTAINER, INIT_CONTAINER};
+use super::plan::{Observed, Plan, desired_ordinals, plan};
+use super::status::{AgentReport, status};
+use crate::api::shard::Role;
+use crate::api::{Shard, ShardStatus};
+use crate::operator::fixtures::{load, running};
+use crate::operator::names::label;
+
+const AGENT_IMAGE: &str = "ghcr.io/ringmaster/ringmaster:0.1.0";
+
+fn redis_shard() -> Shard {
+    load("redis-shard.yaml")
+}
+
+fn postgres_shard() -> Shard {
+    load("postgres-shard.yaml")
+}
+
+fn plan_for(shard: &Shard, observed: &Observed) -> Plan {
+    plan(shard, observed, AGENT_IMAGE).unwrap()
+}
+
+fn names<T: ResourceExt>(objects: &[T]) -> Vec<String> {
+    objects.iter().map(ResourceExt::name_any).collect()
+}
+
+/// The shard's instances as they would exist after the first plan was applied,
+/// each running and ready, with ordinals `ordinals`.
+fn existing(shard: &Shard, ordinals: &[i32]) -> Observed {
+    let mut wide = shard.clone();
+    wide.spec.replicas = 9;
+    let all = plan_for(&wide, &Observed::default());
+    let keep = |name: &str| ordinals.iter().any(|o| name.ends_with(&format!("-{o}")));
+    let pods: Vec<Pod> = all
+        .create_pods
+        .into_iter()
+        .filter(|p| keep(&p.name_any()))
+        .enumerate()
+        .map(|(i, p)| running(p, &format!("127.20.0.{}", i + 10), true))
+        .collect();
+    let pvcs: Vec<PersistentVolumeClaim> = all
+        .pvcs
+        .into_iter()
+        .filter(|p| keep(&p.name_any()))
+        .collect();
+    Observed { pods, pvcs }
+}
+
+fn pod<'a>(pods: &'a [Pod], name: &str) -> &'a Pod {
+    pods.iter()
+        .find(|p| p.name_any() == name)
+        .unwrap_or_else(|| panic!("no pod {name} in {:?}", names(pods)))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap()
+}
+
+// ------------------------------------------------------------------ ordinals
+
+#[test]
+fn ordinals_are_the_primary_plus_the_lowest_others() {
+    assert_eq!(desired_ordinals(2, 0), [0, 1].into());
+    assert_eq!(desired_ordinals(3, 0), [0, 1, 2].into());
+    assert_eq!(desired_ordinals(2, 3), [0, 3].into());
+    assert_eq!(desired_ordinals(1, 3), [3].into());
+    assert_eq!(desired_ordinals(4, 1), [0, 1, 2, 3].into());
+}
+
+// ------------------------------------------------------------------ a new redis shard
+
+#[test]
+fn new_redis_shard_plans_pods_pvcs_and_services() {
+    let shard = redis_shard();
+    let plan = plan_for(&shard, &Observed::default());
+    assert_eq!(plan.primary, "cache-0-0");
+    assert_eq!(names(&plan.create_pods), ["cache-0-0", "cache-0-1"]);
+    assert_eq!(names(&plan.pvcs), ["data-cache-0-0", "data-cache-0-1"]);
+    assert_eq!(
+        names(&plan.services),
+        ["cache-0-rw", "cache-0-ro", "cache-0-pods"]
+    );
+    assert!(plan.delete_pods.is_empty() && plan.delete_pvcs.is_empty());
+    assert!(plan.relabel_pods.is_empty() && plan.update_pending.is_empty());
+    let roles: Vec<&str> = plan
+        .create_pods
+        .iter()
+        .map(|p| p.labels()[label::ROLE].as_str())
+        .collect();
+    assert_eq!(roles, ["primary", "replica"]);
+}
+
+#[test]
+fn redis_primary_pod_matches_the_contract() {
+    let shard = redis_shard();
+    let plan = plan_for(&shard, &Observed::default());
+    let expected: Value = load("expected-redis-pod.yaml");
+    assert_eq!(
+        to_json(&plan.create_pods[0]),
+        expected,
+        "actual:\n{}",
+        serde_yaml::to_string(&plan.create_pods[0]).unwrap()
+    );
+}
+
+#[test]
+fn replica_pod_is_created_as_replica() {
+    let shard = redis_shard();
+    let plan = plan_for(&shard, &Observed::default());
+    let replica = pod(&plan.create_pods, "cache-0-1");
+    let db = &replica.spec.as_ref().unwrap().containers[0];
+    let role = db
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "RINGMASTER_ROLE")
+        .unwrap();
+    assert_eq!(role.value.as_deref(), Some("replica"));
+    assert_eq!(replica.labels()[label::ROLE], "replica");
+    assert_eq!(replica.labels()[label::INSTANCE_POD], "cache-0-1");
+    let claim = &replica.spec.as_ref().unwrap().volumes.as_ref().unwrap()[2];
+    assert_eq!(
+        claim.persistent_volume_claim.as_ref().unwrap().claim_name,
+        "data-cache-0-1"
+    );
+}
+
+#[test]
+fn services_select_by_role_and_the_headless_one_every_instance() {
+    let plan = plan_for(&redis_shard(), &Observed::default());
+    let specs: Vec<Value> = plan.services.iter().map(|s| to_json(&s.spec)).collect();
+    let ports = json!([
+        {"name": "db", "port": 6379, "targetPort": "db", "protocol": "TCP"},
+        {"name": "agent", "port": 8000, "targetPort": "agent", "protocol": "TCP"}
+    ]);
+    assert_eq!(
+        specs[0],
+        json!({"type": "ClusterIP", "ports": ports, "selector": {
+            "ringmaster.dev/cluster": "cache", "ringmaster.dev/shard": "0",
+            "ringmaster.dev/role": "primary"}})
+    );
+    assert_eq!(
+        specs[1]["selector"]["ringmaster.dev/role"],
+        json!("replica")
+    );
+    assert_eq!(
+        specs[2],
+        json!({"type": "ClusterIP", "clusterIP": "None", "publishNotReadyAddresses": true,
+               "ports": ports, "selector": {
+            "ringmaster.dev/cluster": "cache", "ringmaster.dev/shard": "0"}})
+    );
+    for svc in &plan.services {
+        assert_eq!(svc.labels()[label::COMPONENT], "shard");
+        let owner = &svc.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("Shard", "cache-0")
+        );
+        assert_eq!(owner.controller, Some(true));
+    }
+}
+
+#[test]
+fn redis_pvcs_are_owned_by_the_shard() {
+    let plan = plan_for(&redis_shard(), &Observed::default());
+    let pvc = to_json(&plan.pvcs[0]);
+    assert_eq!(
+        pvc["spec"],
+        json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}})
+    );
+    assert_eq!(
+        pvc["metadata"]["labels"]["app.kubernetes.io/component"],
+        "database"
+    );
+    assert_eq!(
+        pvc["metadata"]["labels"]["ringmaster.dev/instance"],
+        "cache-0-0"
+    );
+    assert!(
+        pvc["metadata"]["labels"]
+            .get("ringmaster.dev/role")
+            .is_none()
+    );
+    assert_eq!(pvc["metadata"]["ownerReferences"][0]["name"], "cache-0");
+    assert_eq!(
+        pvc["metadata"]["ownerReferences"][0]["blockOwnerDeletion"],
+        true
+    );
+}
+
+// ------------------------------------------------------------------ postgres
+
+#[test]
+fn postgres_shard_uses_its_port_class_size_and_resources() {
+    let shard = postgres_shard();
+    let plan = plan_for(&shard, &Observed::default());
+    assert_eq!(
+        names(&plan.create_pods),
+        ["orders-0-0", "orders-0-1", "orders-0-2"]
+    );
+    let primary = to_json(&plan.create_pods[0]);
+    let db = &primary["spec"]["containers"][0];
+    assert_eq!(db["image"], "postgres:16");
+    assert_eq!(
+        db["ports"][0],
+        json!({"name": "db", "containerPort": 5432, "protocol": "TCP"})
+    );
+    assert_eq!(
+        db["resources"],
+        json!({"requests": {"cpu": "250m", "memory": "512Mi"}})
+    );
+    let env: BTreeMap<String, Value> = db["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone()))
+        .collect();
+    assert_eq!(env["RINGMASTER_ENGINE"]["value"], "postgres");
+    assert_eq!(env["RINGMASTER_CLUSTER"]["value"], "orders");
+    assert_eq!(
+        env["RINGMASTER_USERNAME"]["valueFrom"]["secretKeyRef"],
+        json!({"name": "orders-credentials", "key": "username"})
+    );
+    // Retained volumes: no owner, so deleting the cluster keeps them.
+    let pvc = to_json(&plan.pvcs[0]);
+    assert!(pvc["metadata"].get("ownerReferences").is_none(), "{pvc}");
+    assert_eq!(pvc["spec"]["storageClassName"], "fast");
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "5Gi");
+    assert_eq!(
+        plan.services[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .as_ref()
+            .unwrap()[0]
+            .port,
+        5432
+    );
+}
+
+// ------------------------------------------------------------------ steady state
+
+#[test]
+fn an_unchanged_shard_plans_no_change() {
+    let shard = redis_shard();
+    let observed = existing(&shard, &[0, 1]);
+    let plan = plan_for(&shard, &observed);
+    assert!(
+        plan.create_pods.is_empty(),
+        "{:?}",
+        names(&plan.create_pods)
+    );
+    assert!(plan.delete_pods.is_empty() && plan.replace_pods.is_empty());
+    assert!(plan.relabel_pods.is_empty() && plan.delete_pvcs.is_empty());
+    assert!(plan.update_pending.is_empty());
+    assert_eq!(
+        plan.pvcs,
+        existing(&shard, &[0, 1]).pvcs,
+        "PVCs re-applied unchanged"
+    );
+}
+
+#[test]
+fn a_missing_pod_is_recreated_with_the_same_name_and_volume() {
+    let shard = redis_shard();
+    let mut observed = existing(&shard, &[0, 1]);
+    observed.pods.retain(|p| p.name_any() != "cache-0-1");
+    let plan = plan_for(&shard, &observed);
+    assert_eq!(names(&plan.create_pods), ["cache-0-1"]);
+    assert!(names(&plan.pvcs).contains(&"data-cache-0-1".to_owned()));
+    assert!(plan.delete_pvcs.is_empty());
+}
+
+#[test]
+fn terminating_pods_are_neither_recreated_nor_deleted_again() {
+    let shard = redis_shard();
+    let mut observed = existing(&shard, &[0, 1, 2]);
+    for pod in &mut observed.pods {
+        if pod.name_any() != "cache-0-0" {
+            pod.metadata.deletion_timestamp = Some(Time("2024-01-01T00:00:00Z".parse().unwrap()));
+        }
+    }
+    let plan = plan_for(&shard, &observed);
+    assert!(plan.create_pods.is_empty());
+    assert!(plan.delete_pods.is_empty(), "{:?}", plan.delete_pods);
+}
+
+#[test]
+fn failed_pods_are_replaced() {
+    let shard = redis_shard();
+    let mut observed = existing(&shard, &[0, 1]);
+    observed.pods[1].status.as_mut().unwrap().phase = Some("Failed".into());
+    let plan = plan_for(&shard, &observed);
+    assert_eq!(plan.replace_pods, ["cache-0-1"]);
+    assert!(plan.create_pods.is_empty());
+}
+
+// ------------------------------------------------------------------ scaling
+
+#[test]
+fn scaling_up_creates_the_next_ordinals() {
+    let mut shard = redis_shard();
+    shard.spec.replicas = 3;
+    let plan = plan_for(&shard, &existing(&shard, &[0, 1]));
+    assert_eq!(names(&plan.create_pods), ["cache-0-2", "cache-0-3"]);
+    assert!(
+        plan.create_pods
+            .iter()
+            .all(|p| p.labels()[label::ROLE] == "replica")
+    );
+    assert!(plan.delete_pods.is_empty());
+    assert!(plan.scales());
+}
+
+#[test]
+fn scaling_down_removes_the_highest_replicas_and_their_volumes() {
+    let mut shard = redis_shard();
+    let observed = existing(&shard, &[0, 1, 2, 3]);
+    shard.spec.replicas = 1;
+    let plan = plan_for(&shard, &observed);
+    assert_eq!(plan.delete_pods, ["cache-0-2", "cache-0-3"]);
+    assert_eq!(plan.delete_pvcs, ["data-cache-0-2", "data-cache-0-3"]);
+    assert!(plan.create_pods.is_empty());
+}
+
+#[test]
+fn scaling_down_keeps_volumes_when_retained() {
+    let mut shard = redis_shard();
+    let observed = existing(&shard, &[0, 1, 2]);
+    shard.spec.replicas = 0;
+    shard.spec.pvc_retention.when_scaled = crate::api::PvcRetention::Retain;
+    let plan = plan_for(&shard, &observed);
+    assert_eq!(plan.delete_pods, ["cache-0-1", "cache-0-2"]);
+    assert!(plan.delete_pvcs.is_empty());
+}
+
+#[test]
+fn scaling_down_never_removes_a_high_ordinal_primary() {
+    let mut shard = redis_shard();
+    shard.spec.primary = Some("cache-0-3".into());
+    let observed = existing(&shard, &[0, 1, 2, 3]);
+    shard.spec.replicas = 1;
+    let plan = plan_for(&shard, &observed);
+    assert_eq!(plan.primary, "cache-0-3");
+    assert_eq!(plan.delete_pods, ["cache-0-1", "cache-0-2"]);
+    shard.spec.replicas = 0;
+    let plan = plan_for(&shard, &observed);
+    assert_eq!(plan.delete_pods, ["cache-0-0", "cache-0-1", "cache-0-2"]);
+    assert!(!plan.delete_pvcs.contains(&"data-cache-0-3".to_owned()));
+}
+
+// ------------------------------------------------------------------ roles, images, volumes
+
+#[test]
+fn a_primary_edit_relabels_both_pods_only() {
+    let mut shard = redis_shard();
+    let observed = existing(&shard, &[0, 1]);
+    shard.spec.primary = Some("cache-0-1".into());
+    let plan = plan_for(&shard, &observed);
+    assert_eq!(plan.primary, "cache-0-1");
+    let roles: Vec<(String, String)> = plan
+        .relabel_pods
+        .iter()
+        .map(|p| (p.name_any(), p.labels()[label::ROLE].clone()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("cache-0-0".to_owned(), "replica".to_owned()),
+            ("cache-0-1".to_owned(), "primary".to_owned())
+        ]
+    );
+    // A relabel carries metadata only: nothing else of the Pod is changed.
+    let body = to_json(&plan.relabel_pods[0]);
+    assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
+    assert!(body.get("spec").is_none());
+    assert!(plan.create_pods.is_empty() && plan.delete_pods.is_empty());
+}
+
+#[test]
+fn an_invalid_primary_keeps_the_current_one() {
+    let mut shard = redis_shard();
+    shard.spec.primary = Some("someone-else".into());
+    shard.status = Some(ShardStatus {
+        primary: Some("cache-0-1".into()),
+        ..ShardStatus::default()
+    });
+    let plan = plan_for(&shard, &existing(&shard, &[0, 1]));
+    assert_eq!(plan.primary, "cache-0-1");
+    assert_eq!(plan.invalid_primary.as_deref(), Some("someone-else"));
+}
+
+#[test]
+fn a_new_image_is_an_update_pending_not_an_in_place_change() {
+    let mut shard = redis_shard();
+    let observed = existing(&shard, &[0, 1]);
+    shard.spec.image = "redis:7.2".into();
+    let plan = plan_for(&shard, &observed);
+    assert_eq!(plan.update_pending, ["cache-0-0", "cache-0-1"]);
+    assert!(plan.create_pods.is_empty() && plan.relabel_pods.is_empty());
+}
+
+#[test]
+fn volumes_grow_with_the_spec_and_never_shrink() {
+    let mut shard = redis_shard();
+    let observed = existing(&shard, &[0, 1]);
+    shard.spec.storage.size = "2Gi".into();
+    let plan = plan_for(&shard, &observed);
+    let sizes: Vec<&str> = plan
+        .pvcs
+        .iter()
+        .map(|p| super::plan::requested_storage(p).unwrap())
+        .collect();
+    assert_eq!(sizes, ["2Gi", "2Gi"]);
+    // A claim already larger than the spec (e.g. a retained one) keeps its size.
+    let mut observed = existing(&shard, &[0, 1]);
+    observed.pvcs[0]
+        .spec
+        .as_mut()
+        .unwrap()
+        .resources
+        .as_mut()
+        .unwrap()
+        .requests
+        .as_mut()
+        .unwrap()
+        .insert(
+            "storage".into(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("5Gi".into()),
+        );
+    let plan = plan_for(&shard, &observed);
+    assert_eq!(super::plan::requested_storage(&plan.pvcs[0]), Some("5Gi"));
+    assert_eq!(super::plan::requested_storage(&plan.pvcs[1]), Some("2Gi"));
+}
+
+// ------------------------------------------------------------------ status
+
+fn now() -> Time {
+    Time("2024-05-01T12:00:00Z".parse().unwrap())
+}
+
+fn later() -> Time {
+    Time("2024-05-01T12:05:00Z".parse().unwrap())
+}
+
+fn condition<'a>(status: &'a ShardStatus, type_: &str) -> &'a crate::api::Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} in {:?}", status.conditions))
+}
+
+#[test]
+fn all_ready_shard_is_ready_but_not_replicating() {
+    let shard = redis_shard();
+    let observed = existing(&shard, &[0, 1]);
+    let plan = plan_for(&shard, &observed);
+    let status = status(&shard, &plan, &observed.pods, &BTreeMap::new(), &now());
+    assert_eq!(status.ready_instances, 2);
+    assert_eq!(status.ready.as_deref(), Some("2/2"));
+    assert_eq!(status.primary.as_deref(), Some("cache-0-0"));
+    assert_eq!(status.observed_generation, Some(1));
+    let instances: Vec<(&str, Option<Role>, bool, Option<&str>)> = status
+        .instances
+        .iter()
+        .map(|i| (i.name.as_str(), i.role, i.ready, i.pod_ip.as_deref()))
+        .collect();
+    assert_eq!(
+        instances,
+        [
+            ("cache-0-0", Some(Role::Primary), true, Some("127.20.0.10")),
+            ("cache-0-1", Some(Role::Replica), true, Some("127.20.0.11"))
+        ]
+    );
+    assert_eq!(condition(&status, "Ready").status, "True");
+    assert_eq!(condition(&status, "Progressing").status, "False");
+    assert_eq!(condition(&status, "Degraded").status, "False");
+    let replication = condition(&status, "ReplicationConfigured");
+    assert_eq!(
+        (replication.status.as_str(), replication.reason.as_str()),
+        ("False", "NotConfigured")
+    );
+    assert!(replication.message.contains("standalone"));
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(1))
+    );
+}
+
+#[test]
+fn a_replica_not_ready_degrades_the_shard() {
+    let shard = redis_shard();
+    let mut observed = existing(&shard, &[0, 1]);
+    observed.pods[1] = running(observed.pods[1].clone(), "127.20.0.11", false);
+    let plan = plan_for(&shard, &observed);
+    let status = status(&shard, &plan, &observed.pods, &BTreeMap::new(), &now());
+    assert_eq!(status.ready.as_deref(), Some("1/2"));
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InstancesNotReady")
+    );
+    assert!(ready.message.contains("cache-0-1"), "{}", ready.message);
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ReplicasNotReady")
+    );
+    assert_eq!(
+        condition(&status, "Progressing").reason,
+        "InstancesStarting"
+    );
+}
+
+#[test]
+fn a_new_shard_reports_scaling_and_no_instances() {
+    let shard = redis_shard();
+    let plan = plan_for(&shard, &Observed::default());
+    let status = status(&shard, &plan, &[], &BTreeMap::new(), &now());
+    assert_eq!(status.ready.as_deref(), Some("0/2"));
+    assert!(status.instances.is_empty());
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("True", "Scaling")
+    );
+    assert!(progressing.message.contains("cache-0-0, cache-0-1"));
+    assert_eq!(condition(&status, "Degraded").reason, "PrimaryNotReady");
+}
+
+#[test]
+fn update_pending_is_reported_as_progressing() {
+    let mut shard = redis_shard();
+    let observed = existing(&shard, &[0, 1]);
+    shard.spec.image = "redis:7.2".into();
+    let plan = plan_for(&shard, &observed);
+    let status = status(&shard, &plan, &observed.pods, &BTreeMap::new(), &now());
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("True", "UpdatePending")
+    );
+}
+
+#[test]
+fn the_agents_report_wins_over_the_label() {
+    let shard = redis_shard();
+    let observed = existing(&shard, &[0, 1]);
+    let plan = plan_for(&shard, &observed);
+    let agents = BTreeMap::from([(
+        "cache-0-1".to_owned(),
+        AgentReport {
+            role: Some(Role::Primary),
+            server_up: true,
+        },
+    )]);
+    let status = status(&shard, &plan, &observed.pods, &agents, &now());
+    assert_eq!(status.instances[1].role, Some(Role::Primary));
+}
+
+#[test]
+fn status_is_stable_and_times_move_only_on_transitions() {
+    let mut shard = redis_shard();
+    let observed = existing(&shard, &[0, 1]);
+    let plan = plan_for(&shard, &observed);
+    let first = status(&shard, &plan, &observed.pods, &BTreeMap::new(), &now());
+    shard.status = Some(first.clone());
+    let second = status(&shard, &plan, &observed.pods, &BTreeMap::new(), &later());
+    assert_eq!(
+        first, second,
+        "an unchanged shard gets the identical status"
+    );
+
+    let mut degraded = observed.clone();
+    degraded.pods[1] = running(degraded.pods[1].clone(), "127.20.0.11", false);
+    let third = status(&shard, &plan, &degraded.pods, &BTreeMap::new(), &later());
+    assert_eq!(condition(&third, "Ready").last_transition_time, later());
+    assert_eq!(condition(&third, "Degraded").last_transition_time, later());
+    assert_eq!(
+        condition(&third, "ReplicationConfigured").last_transition_time,
+        now(),
+        "unchanged conditions keep their time"
+    );
+}
+
+#[test]
+fn pod_spec_details_follow_the_contract() {
+    let plan = plan_for(&redis_shard(), &Observed::default());
+    let spec = plan.create_pods[0].spec.as_ref().unwrap();
+    let init = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.name, INIT_CONTAINER);
+    assert_eq!(init.image.as_deref(), Some(AGENT_IMAGE));
+    let db = &spec.containers[0];
+    assert_eq!(db.name, DB_CONTAINER);
+    assert_eq!(db.command.as_ref().unwrap(), &[AGENT_BINARY, "instance"]);
+}
+
+#[test]
+fn a_restarted_instance_is_failing_not_starting() {
+    let shard = redis_shard();
+    let mut observed = existing(&shard, &[0, 1]);
+    let mut replica = running(observed.pods[1].clone(), "127.20.0.11", false);
+    replica.status.as_mut().unwrap().container_statuses =
+        Some(vec![k8s_openapi::api::core::v1::ContainerStatus {
+            name: DB_CONTAINER.into(),
+            restart_count: 3,
+            ..Default::default()
+        }]);
+    observed.pods[1] = replica;
+    let plan = plan_for(&shard, &observed);
+    let status = status(&shard, &plan, &observed.pods, &BTreeMap::new(), &now());
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("False", "InstancesFailing")
+    );
+    assert!(progressing.message.contains("cache-0-1"));
+    assert_eq!(condition(&status, "Degraded").reason, "ReplicasNotReady");
+}

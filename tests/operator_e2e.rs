@@ -1,0 +1,514 @@
+//! The operator as users run it: installed by its own Helm chart and running as a
+//! Pod on the local cluster, with the example clusters applied as written.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use ringmaster::api::{Shard, ShardedCluster};
+use ringmaster_e2e::{Cluster, TestNamespace, wait_for};
+use serde_json::json;
+
+const READY_WAIT: Duration = Duration::from_secs(300);
+const WAIT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(500);
+
+fn repo(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ok(output: std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Installs the chart as release `release` in `op_ns`, watching `watched`.
+fn install_operator(cluster: &Cluster, release: &str, op_ns: &str, watched: &str, replicas: u32) {
+    let args = [
+        "install",
+        release,
+        &repo("charts/ringmaster"),
+        "-n",
+        op_ns,
+        "--set",
+        &format!("watchNamespaces={{{watched}}}"),
+        "--set",
+        &format!("replicas={replicas}"),
+        "--set",
+        "logFormat=text",
+        "--wait",
+        "--timeout",
+        "120s",
+    ];
+    ok(cluster.helm(&args), &format!("helm install {release}"));
+}
+
+fn apply(cluster: &Cluster, ns: &str, file: &str) {
+    ok(
+        cluster.kubectl(&["apply", "-n", ns, "-f", &repo(file)]),
+        &format!("kubectl apply {file}"),
+    );
+}
+
+fn condition_true(conditions: &[ringmaster::api::Condition], kind: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == kind && c.status == "True")
+}
+
+async fn ready_cluster(api: &Api<ShardedCluster>, name: &str) -> ShardedCluster {
+    wait_for(
+        &format!("ShardedCluster {name} to be Ready"),
+        READY_WAIT,
+        POLL,
+        || async {
+            let sc = api.get(name).await?;
+            let status = sc.status.clone().unwrap_or_default();
+            let ready = status.phase.as_deref() == Some("Ready")
+                && status.ready_shards == sc.spec.shards
+                && status.observed_generation == sc.metadata.generation
+                && condition_true(&status.conditions, "Ready");
+            Ok(ready.then_some(sc))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn selector(cluster_name: &str) -> ListParams {
+    ListParams::default().labels(&format!("ringmaster.dev/cluster={cluster_name}"))
+}
+
+async fn cluster_pods(pods: &Api<Pod>, cluster_name: &str) -> Vec<Pod> {
+    pods.list(&selector(cluster_name)).await.unwrap().items
+}
+
+async fn secret_value(client: &kube::Client, ns: &str, name: &str, key: &str) -> String {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    let bytes = secret
+        .data
+        .unwrap_or_default()
+        .remove(key)
+        .expect("key present")
+        .0;
+    String::from_utf8(bytes).unwrap()
+}
+
+async fn cluster_ip(client: &kube::Client, ns: &str, service: &str) -> String {
+    let svc = Api::<Service>::namespaced(client.clone(), ns)
+        .get(service)
+        .await
+        .unwrap();
+    svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP")
+}
+
+fn pod_ip(pods: &[Pod], name: &str) -> String {
+    let pod = pods
+        .iter()
+        .find(|p| p.name_any() == name)
+        .unwrap_or_else(|| panic!("pod {name} exists"));
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("pod IP")
+}
+
+/// The address the Redis server behind `vip` is bound to.
+async fn redis_bind_through(vip: &str, password: &str) -> String {
+    let url = format!("redis://:{password}@{vip}:6379/");
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .expect("connect within 5s")
+    .expect("authenticated connection through the -rw Service");
+    let _: () = redis::cmd("SET")
+        .arg("e2e-key")
+        .arg("e2e-value")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let bind: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("bind")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    bind[1].clone()
+}
+
+/// The address of the PostgreSQL server behind `vip`.
+async fn postgres_address_through(vip: &str, user: &str, password: &str) -> String {
+    let config = format!(
+        "host={vip} port=5432 user={user} password={password} dbname=postgres connect_timeout=5"
+    );
+    let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+        .await
+        .expect("connect to -rw");
+    let task = tokio::spawn(connection);
+    let row = client
+        .query_one("SELECT host(inet_server_addr())", &[])
+        .await
+        .unwrap();
+    let address: String = row.get(0);
+    drop(client);
+    task.abort();
+    address
+}
+
+/// resourceVersion of every object the operator manages for `cluster_name`.
+async fn resource_versions(
+    client: &kube::Client,
+    ns: &str,
+    cluster_name: &str,
+) -> BTreeMap<String, String> {
+    let mut versions = BTreeMap::new();
+    let lp = selector(cluster_name);
+    macro_rules! collect {
+        ($kind:ty, $label:expr) => {
+            for o in Api::<$kind>::namespaced(client.clone(), ns)
+                .list(&lp)
+                .await
+                .unwrap()
+            {
+                versions.insert(
+                    format!("{}/{}", $label, o.name_any()),
+                    o.resource_version().unwrap_or_default(),
+                );
+            }
+        };
+    }
+    collect!(Shard, "shard");
+    collect!(Pod, "pod");
+    collect!(PersistentVolumeClaim, "pvc");
+    collect!(Service, "service");
+    for (kind, name) in [
+        ("secret", format!("{cluster_name}-credentials")),
+        ("configmap", format!("{cluster_name}-routing")),
+    ] {
+        let rv = if kind == "secret" {
+            Api::<Secret>::namespaced(client.clone(), ns)
+                .get(&name)
+                .await
+                .unwrap()
+                .resource_version()
+        } else {
+            Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .get(&name)
+                .await
+                .unwrap()
+                .resource_version()
+        };
+        versions.insert(format!("{kind}/{name}"), rv.unwrap_or_default());
+    }
+    let sc = Api::<ShardedCluster>::namespaced(client.clone(), ns)
+        .get(cluster_name)
+        .await
+        .unwrap();
+    versions.insert(
+        format!("sc/{cluster_name}/status"),
+        serde_json::to_string(&sc.status).unwrap(),
+    );
+    versions
+}
+
+/// Sum of `ringmaster_reconciles_total` over the operator Pods of `release`.
+async fn reconciles(client: &kube::Client, op_ns: &str, release: &str) -> BTreeMap<String, f64> {
+    let pods = Api::<Pod>::namespaced(client.clone(), op_ns);
+    let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={release}"));
+    let mut counts = BTreeMap::new();
+    for pod in pods.list(&lp).await.unwrap() {
+        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+            continue;
+        };
+        let text = http_get(&format!("{ip}:8080"), "/metrics")
+            .await
+            .unwrap_or_default();
+        let total = text
+            .lines()
+            .filter(|l| l.starts_with("ringmaster_reconciles_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        counts.insert(pod.name_any(), total);
+    }
+    counts
+}
+
+async fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::other("connect timed out"))??;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(3), stream.read_to_string(&mut body))
+        .await
+        .map_err(|_| std::io::Error::other("read timed out"))??;
+    Ok(body)
+}
+
+async fn scale_replicas(api: &Api<ShardedCluster>, name: &str, replicas: i32) {
+    let patch = Patch::Merge(json!({ "spec": { "replicas": replicas } }));
+    api.patch(name, &PatchParams::default(), &patch)
+        .await
+        .unwrap();
+}
+
+async fn wait_for_instances(
+    pods: &Api<Pod>,
+    cluster_name: &str,
+    shards: usize,
+    per_shard: usize,
+) -> Vec<Pod> {
+    let what =
+        format!("{cluster_name}: {shards} shards × {per_shard} Ready instances and nothing else");
+    wait_for(&what, READY_WAIT, POLL, || async {
+        let all = cluster_pods(pods, cluster_name).await;
+        let done = all.len() == shards * per_shard && all.iter().all(is_ready);
+        Ok(done.then_some(all))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_from_helm_runs_the_examples() {
+    let cluster = Cluster::shared();
+    let op_ns: TestNamespace = cluster.namespace("rm-operator").await;
+    let ns = cluster.namespace("rm-apps").await;
+    let client = cluster.client().await;
+    install_operator(cluster, "rm", op_ns.name(), ns.name(), 1);
+
+    apply(cluster, ns.name(), "examples/redis.yaml");
+    apply(cluster, ns.name(), "examples/postgres.yaml");
+    let clusters: Api<ShardedCluster> = Api::namespaced(client.clone(), ns.name());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+
+    // Every instance Ready with a real server; status with the right counts.
+    let cache = ready_cluster(&clusters, "cache").await;
+    let orders = ready_cluster(&clusters, "orders").await;
+    assert_eq!(cache.status.as_ref().unwrap().ready_shards, 3);
+    assert_eq!(orders.status.as_ref().unwrap().ready_shards, 2);
+    let cache_pods = wait_for_instances(&pods, "cache", 3, 2).await;
+    let orders_pods = wait_for_instances(&pods, "orders", 2, 2).await;
+    for pod in cache_pods.iter().chain(&orders_pods) {
+        let owner = pod
+            .owner_references()
+            .first()
+            .map(|o| (o.kind.clone(), o.name.clone()));
+        assert_eq!(
+            owner.as_ref().map(|o| o.0.as_str()),
+            Some("Shard"),
+            "{} is owned by its Shard",
+            pod.name_any()
+        );
+    }
+
+    // The -rw Services select the primaries: a write through them lands on ordinal 0.
+    let password = secret_value(&client, ns.name(), "cache-credentials", "password").await;
+    for shard in 0..3 {
+        let vip = cluster_ip(&client, ns.name(), &format!("cache-{shard}-rw")).await;
+        let bound = redis_bind_through(&vip, &password).await;
+        assert!(
+            bound.contains(&pod_ip(&cache_pods, &format!("cache-{shard}-0"))),
+            "cache-{shard}-rw reaches {bound}"
+        );
+    }
+    let user = secret_value(&client, ns.name(), "orders-credentials", "username").await;
+    let password = secret_value(&client, ns.name(), "orders-credentials", "password").await;
+    for shard in 0..2 {
+        let vip = cluster_ip(&client, ns.name(), &format!("orders-{shard}-rw")).await;
+        let address = postgres_address_through(&vip, &user, &password).await;
+        assert_eq!(
+            address,
+            pod_ip(&orders_pods, &format!("orders-{shard}-0")),
+            "orders-{shard}-rw"
+        );
+    }
+
+    // A reconcile of an unchanged cluster changes nothing.
+    let before = resource_versions(&client, ns.name(), "cache").await;
+    let reconciled_before: f64 = reconciles(&client, op_ns.name(), "rm").await.values().sum();
+    let poke =
+        Patch::Merge(json!({ "metadata": { "annotations": { "e2e.ringmaster.dev/poke": "1" } } }));
+    clusters
+        .patch("cache", &PatchParams::default(), &poke)
+        .await
+        .unwrap();
+    wait_for(
+        "the operator to reconcile the poked cluster",
+        WAIT,
+        POLL,
+        || async {
+            let now: f64 = reconciles(&client, op_ns.name(), "rm").await.values().sum();
+            Ok((now > reconciled_before).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let after = resource_versions(&client, ns.name(), "cache").await;
+    assert_eq!(
+        before, after,
+        "a reconcile of an unchanged cluster must not change any object"
+    );
+
+    // Scale replicas 1 → 2 → 1.
+    scale_replicas(&clusters, "cache", 2).await;
+    wait_for_instances(&pods, "cache", 3, 3).await;
+    ready_cluster(&clusters, "cache").await;
+    scale_replicas(&clusters, "cache", 1).await;
+    let scaled_down = wait_for_instances(&pods, "cache", 3, 2).await;
+    let names: Vec<String> = scaled_down.iter().map(|p| p.name_any()).collect();
+    assert!(
+        names.iter().all(|n| !n.ends_with("-2")),
+        "the added replicas were removed: {names:?}"
+    );
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns.name());
+    wait_for(
+        "the removed replicas' claims to be deleted",
+        WAIT,
+        POLL,
+        || async {
+            let left: Vec<String> = claims
+                .list(&selector("cache"))
+                .await?
+                .iter()
+                .map(|c| c.name_any())
+                .collect();
+            Ok((left.len() == 6 && left.iter().all(|n| !n.ends_with("-2"))).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    ready_cluster(&clusters, "cache").await;
+
+    // Deleting a ShardedCluster removes everything it owns.
+    clusters
+        .delete("cache", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    wait_for(
+        "everything of cache to be garbage-collected",
+        WAIT,
+        POLL,
+        || async {
+            let shards = Api::<Shard>::namespaced(client.clone(), ns.name())
+                .list(&selector("cache"))
+                .await?
+                .items
+                .len();
+            let pods = cluster_pods(&pods, "cache").await.len();
+            let claims = claims.list(&selector("cache")).await?.items.len();
+            let services = Api::<Service>::namespaced(client.clone(), ns.name())
+                .list(&selector("cache"))
+                .await?
+                .items
+                .len();
+            let secret = Api::<Secret>::namespaced(client.clone(), ns.name())
+                .get_opt("cache-credentials")
+                .await?;
+            let routing = Api::<ConfigMap>::namespaced(client.clone(), ns.name())
+                .get_opt("cache-routing")
+                .await?;
+            let left = shards
+                + pods
+                + claims
+                + services
+                + usize::from(secret.is_some())
+                + usize::from(routing.is_some());
+            Ok((left == 0).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    clusters
+        .delete("orders", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_lease_holder_reconciles() {
+    let cluster = Cluster::shared();
+    let op_ns = cluster.namespace("rm-ha").await;
+    let ns = cluster.namespace("rm-ha-apps").await;
+    let client = cluster.client().await;
+    install_operator(cluster, "rmha", op_ns.name(), ns.name(), 2);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), op_ns.name());
+    let holder = wait_for("a Lease holder", WAIT, POLL, || async {
+        let lease = leases.get_opt("ringmaster-operator").await?;
+        Ok(lease
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| !h.is_empty()))
+    })
+    .await
+    .unwrap();
+
+    let sc: ShardedCluster = serde_json::from_value(json!({
+        "apiVersion": "ringmaster.dev/v1alpha1", "kind": "ShardedCluster",
+        "metadata": { "name": "solo" },
+        "spec": { "engine": "redis", "shards": 1, "replicas": 0 }
+    }))
+    .unwrap();
+    let clusters: Api<ShardedCluster> = Api::namespaced(client.clone(), ns.name());
+    clusters.create(&PostParams::default(), &sc).await.unwrap();
+    ready_cluster(&clusters, "solo").await;
+    let counts = reconciles(&client, op_ns.name(), "rmha").await;
+    assert_eq!(counts.len(), 2, "two operator Pods: {counts:?}");
+    for (pod, count) in &counts {
+        if *pod == holder {
+            assert!(*count > 0.0, "the leader {pod} reconciled");
+        } else {
+            assert_eq!(*count, 0.0, "the standby {pod} never reconciles");
+        }
+    }
+
+    // The leader goes away: the standby takes over and reconciles.
+    Api::<Pod>::namespaced(client.clone(), op_ns.name())
+        .delete(&holder, &DeleteParams::default())
+        .await
+        .unwrap();
+    let new_holder = wait_for("another Pod to hold the Lease", WAIT, POLL, || async {
+        let lease = leases.get("ringmaster-operator").await?;
+        Ok(lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty() && *h != holder))
+    })
+    .await
+    .unwrap();
+    scale_replicas(&clusters, "solo", 1).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    wait_for_instances(&pods, "solo", 1, 2).await;
+    let counts = reconciles(&client, op_ns.name(), "rmha").await;
+    assert!(
+        counts.get(&new_holder).copied().unwrap_or_default() > 0.0,
+        "the new leader reconciles: {counts:?}"
+    );
+    clusters
+        .delete("solo", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(sc.meta().name.is_some());
+}
