@@ -41,7 +41,7 @@ unit-test:
 bench: setup build
 	$(CARGO) bench --workspace
 
-## demo: local cluster, a chart installed by helm, its pods and Service exercised
+## demo: local cluster, the operator installed by its chart, the examples created, Ready and used
 demo: setup build
 	e2e/demo.sh
 

@@ -24,8 +24,11 @@ helm() { "$BIN/helm" "$@"; }
 kubectl get nodes -o wide
 
 step "helm install ringmaster (CRDs, RBAC, the operator Deployment)"
+# The local process-backed node runs all Pods in one network namespace (the host's):
+# the chart's default httpAddress 0.0.0.0:8080 would collide between Pods, so the
+# operator listens on its own Pod IP. (On a real cluster keep the default.)
 helm upgrade --install ringmaster charts/ringmaster -n ringmaster-system --create-namespace \
-  --set logFormat=text --wait --timeout 120s
+  --set-string 'httpAddress=$(POD_IP):8080' --set logFormat=text --wait --timeout 120s
 kubectl get pods -n ringmaster-system -o wide
 
 step "kubectl apply -f examples/ (a Redis and a PostgreSQL ShardedCluster)"

@@ -2,6 +2,8 @@
 //! valid resources are accepted with their defaults, and invalid ones — on create and
 //! on update — are rejected with a message that says what to change.
 
+mod common;
+use common::install_crds;
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -10,29 +12,6 @@ use ringmaster_e2e::{Cluster, wait_for};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn install_crds(cluster: &Cluster) {
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-    let out = cluster.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
-    assert!(
-        out.status.success(),
-        "installing the CRDs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let established = cluster.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/shardedclusters.ringmaster.dev",
-        "crd/shards.ringmaster.dev",
-        "crd/shardmigrations.ringmaster.dev",
-    ]);
-    assert!(
-        established.status.success(),
-        "CRDs not Established: {}",
-        String::from_utf8_lossy(&established.stderr)
-    );
-}
 
 fn resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(

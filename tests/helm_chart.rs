@@ -86,11 +86,13 @@ fn chart_lints_clean_in_both_rbac_modes() {
             "{out}"
         );
     }
-    let bad = cluster.helm(&["lint", CHART, "--set", "logFormat=xml"]);
-    assert!(
-        !bad.status.success(),
-        "logFormat=xml must be rejected by the schema"
-    );
+    for bad in ["logFormat=xml", "httpAddress=", "httpAddress=0.0.0.0"] {
+        let out = cluster.helm(&["lint", CHART, "--set", bad]);
+        assert!(
+            !out.status.success(),
+            "{bad} must be rejected by the schema"
+        );
+    }
 }
 
 #[test]
@@ -129,7 +131,7 @@ fn all_namespaces_renders_a_cluster_role() {
         strings(&container["args"]),
         [
             "operator",
-            "--http-addr=$(POD_IP):8080",
+            "--http-addr=0.0.0.0:8080",
             "--log-level=info",
             "--log-format=json"
         ]
@@ -199,6 +201,28 @@ fn watched_namespaces_render_roles_and_the_flag() {
     assert_eq!(container["image"], "ghcr.io/ringmaster/ringmaster:1.2.3");
 }
 
+#[test]
+fn http_address_is_passed_as_given_and_sets_the_container_port() {
+    let cluster = Cluster::shared();
+    for (address, port) in [("$(POD_IP):8080", 8080), ("[::]:9090", 9090)] {
+        let value = format!("httpAddress={address}");
+        let objects = render(cluster, &["--set-string", &value]);
+        let container = &deployment(&objects)["spec"]["template"]["spec"]["containers"][0];
+        let flag = format!("--http-addr={address}");
+        assert_eq!(strings(&container["args"])[1], flag);
+        // The probes and the metrics Service target the named port `http`.
+        assert_eq!(container["ports"][0]["name"], "http");
+        assert_eq!(container["ports"][0]["containerPort"], port);
+        // $(POD_IP) stays resolvable.
+        assert_eq!(container["env"][0]["name"], "POD_IP");
+        let service = objects
+            .iter()
+            .find(|o| o["kind"] == "Service")
+            .expect("the metrics Service");
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+    }
+}
+
 /// `kubectl auth can-i <verb> <resource> -n <ns>` as `user`; `resource` may end in
 /// `#<subresource>` (a `/` would name an object).
 fn can_i(cluster: &Cluster, user: &str, verb: &str, resource: &str, ns: &str) -> bool {
@@ -212,33 +236,90 @@ fn can_i(cluster: &Cluster, user: &str, verb: &str, resource: &str, ns: &str) ->
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
 
-/// What the operator must be able to do in a namespace it manages.
+/// What the operator must be able to do in a namespace it manages: every call it makes
+/// (see the rules in charts/ringmaster/templates/_helpers.tpl).
 const GRANTED: &[(&str, &str)] = &[
+    ("get", "shardedclusters.ringmaster.dev"),
+    ("list", "shardedclusters.ringmaster.dev"),
     ("watch", "shardedclusters.ringmaster.dev"),
     ("patch", "shardedclusters.ringmaster.dev#status"),
     ("update", "shardedclusters.ringmaster.dev#finalizers"),
+    ("list", "shards.ringmaster.dev"),
+    ("watch", "shards.ringmaster.dev"),
     ("create", "shards.ringmaster.dev"),
-    ("delete", "shards.ringmaster.dev"),
-    ("patch", "shardmigrations.ringmaster.dev#status"),
+    ("patch", "shards.ringmaster.dev"),
+    ("patch", "shards.ringmaster.dev#status"),
+    ("update", "shards.ringmaster.dev#finalizers"),
+    ("get", "shardmigrations.ringmaster.dev"),
+    ("list", "shardmigrations.ringmaster.dev"),
+    ("watch", "shardmigrations.ringmaster.dev"),
+    ("list", "pods"),
+    ("watch", "pods"),
     ("create", "pods"),
+    ("patch", "pods"),
     ("delete", "pods"),
-    ("patch", "services"),
+    ("list", "persistentvolumeclaims"),
+    ("watch", "persistentvolumeclaims"),
     ("create", "persistentvolumeclaims"),
-    ("update", "configmaps"),
+    ("patch", "persistentvolumeclaims"),
+    ("delete", "persistentvolumeclaims"),
+    ("list", "services"),
+    ("watch", "services"),
+    ("create", "services"),
+    ("patch", "services"),
+    ("get", "configmaps"),
+    ("watch", "configmaps"),
+    ("create", "configmaps"),
+    ("patch", "configmaps"),
     ("get", "secrets"),
+    ("watch", "secrets"),
     ("create", "secrets"),
-    ("patch", "deployments.apps"),
+    ("patch", "secrets"),
     ("create", "events.events.k8s.io"),
+    ("patch", "events.events.k8s.io"),
 ];
 
-/// What it must not be able to do anywhere.
+/// What it must not be able to do anywhere: nothing it does not call.
 const DENIED: &[(&str, &str)] = &[
+    // ShardedClusters belong to users; the operator writes only their status.
     ("create", "shardedclusters.ringmaster.dev"),
+    ("update", "shardedclusters.ringmaster.dev"),
+    ("patch", "shardedclusters.ringmaster.dev"),
     ("delete", "shardedclusters.ringmaster.dev"),
+    ("update", "shardedclusters.ringmaster.dev#status"),
+    // Shards: created and applied, never replaced or deleted (garbage collection does).
+    ("update", "shards.ringmaster.dev"),
+    ("delete", "shards.ringmaster.dev"),
+    ("deletecollection", "shards.ringmaster.dev"),
+    ("update", "shards.ringmaster.dev#status"),
+    // ShardMigrations: read-only until a controller acts on them.
+    ("create", "shardmigrations.ringmaster.dev"),
+    ("update", "shardmigrations.ringmaster.dev"),
+    ("patch", "shardmigrations.ringmaster.dev"),
+    ("delete", "shardmigrations.ringmaster.dev"),
+    ("patch", "shardmigrations.ringmaster.dev#status"),
+    ("update", "shardmigrations.ringmaster.dev#status"),
+    ("update", "shardmigrations.ringmaster.dev#finalizers"),
+    // Core objects are applied (PATCH), never replaced (PUT).
+    ("update", "pods"),
+    ("update", "services"),
+    ("delete", "services"),
+    ("update", "persistentvolumeclaims"),
+    ("update", "configmaps"),
+    ("delete", "configmaps"),
     ("delete", "secrets"),
     ("update", "secrets"),
     ("create", "pods#exec"),
     ("patch", "pods#status"),
+    ("create", "pods#eviction"),
+    // Routers (Deployments) come later.
+    ("get", "deployments.apps"),
+    ("create", "deployments.apps"),
+    ("patch", "deployments.apps"),
+    ("list", "statefulsets.apps"),
+    // Legacy core Events are not used: events.k8s.io only.
+    ("create", "events"),
+    ("delete", "events.events.k8s.io"),
     ("create", "roles.rbac.authorization.k8s.io"),
     ("delete", "namespaces"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
@@ -356,38 +437,71 @@ async fn cluster_wide_install_grants_every_namespace() {
         );
     }
     assert_lease_rules(cluster, &sa, release_ns.name());
-    // Namespace editors may manage ShardedClusters through the aggregated roles.
-    let editor = cluster.kubectl(&[
+    // Namespace editors manage ShardedClusters and ShardMigrations through the
+    // aggregated roles; Shards are the operator's, so they may only read them.
+    bind_default_role(cluster, "edit", "alice", anywhere.name());
+    wait_for_grant(
+        cluster,
+        "alice",
         "create",
-        "rolebinding",
-        "editor",
-        "--clusterrole=edit",
-        "--user=alice",
-        "-n",
+        "shardedclusters.ringmaster.dev",
         anywhere.name(),
-    ]);
-    assert!(
-        editor.status.success(),
-        "{}",
-        String::from_utf8_lossy(&editor.stderr)
-    );
-    let alice_can = ringmaster_e2e::wait_for(
-        "the edit role to aggregate ringmaster.dev",
-        std::time::Duration::from_secs(30),
-        std::time::Duration::from_millis(200),
-        || async {
-            Ok(can_i(
-                cluster,
-                "alice",
-                "create",
-                "shardedclusters.ringmaster.dev",
-                anywhere.name(),
-            )
-            .then_some(()))
-        },
     )
     .await;
-    assert!(alice_can.is_ok(), "{alice_can:?}");
+    for (verb, resource) in [
+        ("get", "shardedclusters.ringmaster.dev"),
+        ("update", "shardedclusters.ringmaster.dev"),
+        ("patch", "shardedclusters.ringmaster.dev"),
+        ("delete", "shardedclusters.ringmaster.dev"),
+        ("create", "shardmigrations.ringmaster.dev"),
+        ("delete", "shardmigrations.ringmaster.dev"),
+        ("get", "shards.ringmaster.dev"),
+        ("list", "shards.ringmaster.dev"),
+        ("watch", "shards.ringmaster.dev"),
+    ] {
+        assert!(
+            can_i(cluster, "alice", verb, resource, anywhere.name()),
+            "an editor cannot {verb} {resource}"
+        );
+    }
+    for (verb, resource) in [
+        ("create", "shards.ringmaster.dev"),
+        ("update", "shards.ringmaster.dev"),
+        ("patch", "shards.ringmaster.dev"),
+        ("delete", "shards.ringmaster.dev"),
+        ("deletecollection", "shards.ringmaster.dev"),
+        ("patch", "shards.ringmaster.dev#status"),
+        ("patch", "shardedclusters.ringmaster.dev#status"),
+    ] {
+        assert!(
+            !can_i(cluster, "alice", verb, resource, anywhere.name()),
+            "an editor can {verb} {resource}"
+        );
+    }
+    // Viewers read all three kinds and change none.
+    bind_default_role(cluster, "view", "bob", anywhere.name());
+    wait_for_grant(
+        cluster,
+        "bob",
+        "list",
+        "shards.ringmaster.dev",
+        anywhere.name(),
+    )
+    .await;
+    for resource in [
+        "shardedclusters.ringmaster.dev",
+        "shards.ringmaster.dev",
+        "shardmigrations.ringmaster.dev",
+    ] {
+        assert!(can_i(cluster, "bob", "get", resource, anywhere.name()));
+        assert!(can_i(cluster, "bob", "watch", resource, anywhere.name()));
+        for verb in ["create", "patch", "delete"] {
+            assert!(
+                !can_i(cluster, "bob", verb, resource, anywhere.name()),
+                "a viewer can {verb} {resource}"
+            );
+        }
+    }
     helm_ok(
         cluster,
         &[
@@ -398,6 +512,36 @@ async fn cluster_wide_install_grants_every_namespace() {
             "--wait",
         ],
     );
+}
+
+/// Binds the built-in ClusterRole `role` to `user` in `ns`.
+fn bind_default_role(cluster: &Cluster, role: &str, user: &str, ns: &str) {
+    let out = cluster.kubectl(&[
+        "create",
+        "rolebinding",
+        &format!("{user}-{role}"),
+        &format!("--clusterrole={role}"),
+        &format!("--user={user}"),
+        "-n",
+        ns,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits (aggregation is asynchronous) until `user` may `verb` `resource` in `ns`.
+async fn wait_for_grant(cluster: &Cluster, user: &str, verb: &str, resource: &str, ns: &str) {
+    let granted = ringmaster_e2e::wait_for(
+        &format!("the aggregated roles to let {user} {verb} {resource}"),
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(200),
+        || async { Ok(can_i(cluster, user, verb, resource, ns).then_some(())) },
+    )
+    .await;
+    assert!(granted.is_ok(), "{granted:?}");
 }
 
 fn assert_lease_rules(cluster: &Cluster, sa: &str, ns: &str) {

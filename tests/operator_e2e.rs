@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Resource, ResourceExt};
 use ringmaster::api::{Shard, ShardedCluster};
 use ringmaster_e2e::{Cluster, TestNamespace, wait_for};
 use serde_json::json;
@@ -38,6 +38,11 @@ fn install_operator(cluster: &Cluster, release: &str, op_ns: &str, watched: &str
         &repo("charts/ringmaster"),
         "-n",
         op_ns,
+        // The local process-backed node runs every Pod in one network namespace (the
+        // host's): the chart's default 0.0.0.0:8080 would make the operator Pods (and
+        // anything else on 8080) collide, so each listens on its own Pod IP.
+        "--set-string",
+        "httpAddress=$(POD_IP):8080",
         "--set",
         &format!("watchNamespaces={{{watched}}}"),
         "--set",
@@ -230,26 +235,119 @@ async fn resource_versions(
     versions
 }
 
-/// Sum of `ringmaster_reconciles_total` over the operator Pods of `release`.
-async fn reconciles(client: &kube::Client, op_ns: &str, release: &str) -> BTreeMap<String, f64> {
-    let pods = Api::<Pod>::namespaced(client.clone(), op_ns);
-    let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={release}"));
-    let mut counts = BTreeMap::new();
-    for pod in pods.list(&lp).await.unwrap() {
-        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
-            continue;
-        };
-        let text = http_get(&format!("{ip}:8080"), "/metrics")
-            .await
-            .unwrap_or_default();
-        let total = text
-            .lines()
-            .filter(|l| l.starts_with("ringmaster_reconciles_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        counts.insert(pod.name_any(), total);
+/// How long a scrape of an operator Pod's `/metrics` is retried before the test fails.
+const SCRAPE_WAIT: Duration = Duration::from_secs(30);
+
+/// What one operator Pod's `/metrics` says.
+#[derive(Debug, Default)]
+struct Scrape {
+    /// `ringmaster_reconciles_total` by `controller` (a controller that has not
+    /// reconciled yet has no series).
+    reconciles: BTreeMap<String, f64>,
+    /// `ringmaster_leader`: 1 while the Pod holds the Lease.
+    leader: f64,
+}
+
+impl Scrape {
+    /// Parses an HTTP response to `GET /metrics`; it must be a 200 with the
+    /// operator's `ringmaster_leader` gauge (an empty or foreign body is an error,
+    /// never "no reconciles").
+    fn parse(response: &str) -> Result<Self, String> {
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
+        let status = head.lines().next().unwrap_or_default();
+        if status.split_whitespace().nth(1) != Some("200") {
+            return Err(format!("status line {status:?}"));
+        }
+        let mut scrape = Scrape::default();
+        let mut leader = None;
+        for line in body.lines() {
+            let value = |rest: &str| -> Result<f64, String> {
+                rest.split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| format!("unparsable sample {line:?}"))
+            };
+            if let Some(rest) = line.strip_prefix("ringmaster_reconciles_total{") {
+                let (labels, rest) = rest
+                    .split_once('}')
+                    .ok_or_else(|| format!("unparsable sample {line:?}"))?;
+                let controller = labels
+                    .split(',')
+                    .find_map(|l| l.strip_prefix("controller=\""))
+                    .and_then(|v| v.strip_suffix('"'))
+                    .ok_or_else(|| format!("no controller label in {line:?}"))?;
+                *scrape.reconciles.entry(controller.to_owned()).or_default() += value(rest)?;
+            } else if let Some(rest) = line.strip_prefix("ringmaster_leader ") {
+                leader = Some(value(rest)?);
+            }
+        }
+        scrape.leader = leader.ok_or("no ringmaster_leader sample in /metrics")?;
+        Ok(scrape)
     }
-    counts
+
+    /// Reconciliations of `controller`.
+    fn of(&self, controller: &str) -> f64 {
+        self.reconciles.get(controller).copied().unwrap_or_default()
+    }
+
+    /// Reconciliations of every controller.
+    fn total(&self) -> f64 {
+        self.reconciles.values().sum()
+    }
+}
+
+/// The running (not terminating) operator Pods of `release`.
+async fn operator_pods(client: &kube::Client, op_ns: &str, release: &str) -> Vec<Pod> {
+    let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={release}"));
+    Api::<Pod>::namespaced(client.clone(), op_ns)
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// Scrapes `/metrics` of the operator Pod `name`, retrying for [`SCRAPE_WAIT`]; a Pod
+/// that cannot be scraped fails the test (an unreachable Pod must never count as one
+/// that did not reconcile).
+async fn scrape(client: &kube::Client, op_ns: &str, name: &str) -> Scrape {
+    let pods = Api::<Pod>::namespaced(client.clone(), op_ns);
+    let deadline = tokio::time::Instant::now() + SCRAPE_WAIT;
+    loop {
+        let attempt = match pods.get(name).await {
+            Err(e) => Err(format!("reading the Pod: {e}")),
+            Ok(pod) => match pod.status.and_then(|s| s.pod_ip) {
+                None => Err("the Pod has no IP".to_owned()),
+                Some(ip) => match http_get(&format!("{ip}:8080"), "/metrics").await {
+                    Err(e) => Err(format!("GET http://{ip}:8080/metrics: {e}")),
+                    Ok(response) => Scrape::parse(&response)
+                        .map_err(|e| format!("GET http://{ip}:8080/metrics: {e}")),
+                },
+            },
+        };
+        match attempt {
+            Ok(scrape) => return scrape,
+            Err(error) if tokio::time::Instant::now() >= deadline => panic!(
+                "cannot scrape /metrics of operator Pod {op_ns}/{name} within {SCRAPE_WAIT:?}: {error}"
+            ),
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// Scrapes every running operator Pod of `release`, by Pod name.
+async fn scrape_all(client: &kube::Client, op_ns: &str, release: &str) -> BTreeMap<String, Scrape> {
+    let mut scrapes = BTreeMap::new();
+    for pod in operator_pods(client, op_ns, release).await {
+        let name = pod.name_any();
+        let scrape = scrape(client, op_ns, &name).await;
+        scrapes.insert(name, scrape);
+    }
+    scrapes
 }
 
 async fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
@@ -325,6 +423,29 @@ async fn operator_from_helm_runs_the_examples() {
         );
     }
 
+    // Each shard has its three Services: -rw (checked below), -ro, and the headless
+    // -pods. (-ro is not checked for endpoints: replicas are published there only once
+    // replication exists.)
+    let services: Api<Service> = Api::namespaced(client.clone(), ns.name());
+    for shard in 0..3 {
+        let ro = format!("cache-{shard}-ro");
+        assert!(
+            services.get_opt(&ro).await.unwrap().is_some(),
+            "Service {ro} exists"
+        );
+        let headless = format!("cache-{shard}-pods");
+        let svc = services
+            .get_opt(&headless)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("Service {headless} exists"));
+        assert_eq!(
+            svc.spec.and_then(|s| s.cluster_ip).as_deref(),
+            Some("None"),
+            "{headless} is headless"
+        );
+    }
+
     // The -rw Services select the primaries: a write through them lands on ordinal 0.
     let password = secret_value(&client, ns.name(), "cache-credentials", "password").await;
     for shard in 0..3 {
@@ -348,8 +469,13 @@ async fn operator_from_helm_runs_the_examples() {
     }
 
     // A reconcile of an unchanged cluster changes nothing.
+    let operators = operator_pods(&client, op_ns.name(), "rm").await;
+    assert_eq!(operators.len(), 1, "one operator Pod");
+    let operator = operators[0].name_any();
     let before = resource_versions(&client, ns.name(), "cache").await;
-    let reconciled_before: f64 = reconciles(&client, op_ns.name(), "rm").await.values().sum();
+    let reconciled_before = scrape(&client, op_ns.name(), &operator)
+        .await
+        .of("shardedcluster");
     let poke =
         Patch::Merge(json!({ "metadata": { "annotations": { "e2e.ringmaster.dev/poke": "1" } } }));
     clusters
@@ -357,11 +483,13 @@ async fn operator_from_helm_runs_the_examples() {
         .await
         .unwrap();
     wait_for(
-        "the operator to reconcile the poked cluster",
+        "the shardedcluster controller to reconcile the poked cluster",
         WAIT,
         POLL,
         || async {
-            let now: f64 = reconciles(&client, op_ns.name(), "rm").await.values().sum();
+            let now = scrape(&client, op_ns.name(), &operator)
+                .await
+                .of("shardedcluster");
             Ok((now > reconciled_before).then_some(()))
         },
     )
@@ -474,13 +602,28 @@ async fn only_the_lease_holder_reconciles() {
     let clusters: Api<ShardedCluster> = Api::namespaced(client.clone(), ns.name());
     clusters.create(&PostParams::default(), &sc).await.unwrap();
     ready_cluster(&clusters, "solo").await;
-    let counts = reconciles(&client, op_ns.name(), "rmha").await;
-    assert_eq!(counts.len(), 2, "two operator Pods: {counts:?}");
-    for (pod, count) in &counts {
+    // Every Pod must answer (`scrape_all` fails on one that does not): an unreachable
+    // standby must not pass for one that never reconciles.
+    let scrapes = scrape_all(&client, op_ns.name(), "rmha").await;
+    assert_eq!(scrapes.len(), 2, "two operator Pods: {scrapes:?}");
+    assert!(
+        scrapes.contains_key(&holder),
+        "{holder} is one of {scrapes:?}"
+    );
+    for (pod, scrape) in &scrapes {
         if *pod == holder {
-            assert!(*count > 0.0, "the leader {pod} reconciled");
+            assert_eq!(scrape.leader, 1.0, "the leader {pod}: {scrape:?}");
+            assert!(
+                scrape.of("shardedcluster") > 0.0 && scrape.of("shard") > 0.0,
+                "the leader {pod} reconciled: {scrape:?}"
+            );
         } else {
-            assert_eq!(*count, 0.0, "the standby {pod} never reconciles");
+            assert_eq!(scrape.leader, 0.0, "the standby {pod}: {scrape:?}");
+            assert_eq!(
+                scrape.total(),
+                0.0,
+                "the standby {pod} never reconciles: {scrape:?}"
+            );
         }
     }
 
@@ -501,14 +644,17 @@ async fn only_the_lease_holder_reconciles() {
     scale_replicas(&clusters, "solo", 1).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
     wait_for_instances(&pods, "solo", 1, 2).await;
-    let counts = reconciles(&client, op_ns.name(), "rmha").await;
+    let scrape = scrape(&client, op_ns.name(), &new_holder).await;
+    assert_eq!(
+        scrape.leader, 1.0,
+        "the new leader {new_holder}: {scrape:?}"
+    );
     assert!(
-        counts.get(&new_holder).copied().unwrap_or_default() > 0.0,
-        "the new leader reconciles: {counts:?}"
+        scrape.of("shardedcluster") > 0.0 && scrape.of("shard") > 0.0,
+        "the new leader {new_holder} reconciles: {scrape:?}"
     );
     clusters
         .delete("solo", &DeleteParams::default())
         .await
         .unwrap();
-    assert!(sc.meta().name.is_some());
 }

@@ -7,6 +7,8 @@
 //!
 //! Needs the binaries: `cargo build --workspace --bins` first.
 
+mod common;
+use common::install_crds;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
@@ -28,36 +30,6 @@ const READY_WAIT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(250);
 
 // ------------------------------------------------------------------ harness
-
-async fn install_crds(cluster: &Cluster) {
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-    let out = cluster.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
-    assert!(
-        out.status.success(),
-        "installing the CRDs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let established = cluster.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/shardedclusters.ringmaster.dev",
-        "crd/shards.ringmaster.dev",
-    ]);
-    assert!(
-        established.status.success(),
-        "CRDs not Established: {}",
-        String::from_utf8_lossy(&established.stderr)
-    );
-    let client = cluster.client().await;
-    let api: Api<ShardedCluster> = Api::all(client);
-    wait_for("the ShardedCluster API to be served", WAIT, POLL, || {
-        let api = api.clone();
-        async move { Ok(api.list(&ListParams::default()).await.ok().map(drop)) }
-    })
-    .await
-    .unwrap();
-}
 
 /// The operator as a child process; killed (and reaped) on drop.
 struct Operator {
@@ -704,25 +676,25 @@ async fn scaling_self_healing_and_shards_beyond_the_spec() {
     let shard = apis.shards.get("kv-0").await.unwrap();
     assert_eq!(shard.status.unwrap().ready.as_deref(), Some("3/3"));
 
-    // --- a user switchover edit is kept: the operator relabels, never reverts it
-    apis.shards
+    // --- a switchover edit is refused while replicas are standalone servers:
+    // moving `-rw` to one would serve an empty database
+    let refused = apis
+        .shards
         .patch(
             "kv-0",
             &PatchParams::default(),
             &Patch::Merge(json!({ "spec": { "primary": "kv-0-2" } })),
         )
         .await
-        .unwrap();
-    wait_for("kv-0-2 to be labelled primary", WAIT, POLL, || async {
-        let pod = apis.pods.get("kv-0-2").await?;
-        Ok((label(&pod, "ringmaster.dev/role") == "primary").then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log_tail()));
-    let old = apis.pods.get("kv-0-0").await.unwrap();
-    assert_eq!(label(&old, "ringmaster.dev/role"), "replica");
+        .expect_err("a switchover edit is rejected until replication exists");
+    assert!(
+        refused
+            .to_string()
+            .contains("switchover needs streaming replication"),
+        "{refused}"
+    );
 
-    // --- scale down: the highest replicas go, never the primary (kv-0-2)
+    // --- scale down: the highest replicas go, never the primary (kv-0-0)
     apis.clusters
         .patch("kv", &PatchParams::default(), &patch(0))
         .await
@@ -731,7 +703,7 @@ async fn scaling_self_healing_and_shards_beyond_the_spec() {
         "only the primary",
         &apis.pods,
         selector,
-        &["kv-0-2"],
+        &["kv-0-0"],
         &operator,
     )
     .await;
@@ -739,25 +711,19 @@ async fn scaling_self_healing_and_shards_beyond_the_spec() {
         "only the primary's PVC",
         &apis.pvcs,
         selector,
-        &["data-kv-0-2"],
+        &["data-kv-0-0"],
         &operator,
     )
     .await;
-    let shard = apis.shards.get("kv-0").await.unwrap();
-    assert_eq!(
-        shard.spec.primary.as_deref(),
-        Some("kv-0-2"),
-        "the user's edit survived"
-    );
 
     // --- a deleted Pod is recreated with the same name and volume
-    let before = apis.pods.get("kv-0-2").await.unwrap().uid();
+    let before = apis.pods.get("kv-0-0").await.unwrap().uid();
     apis.pods
-        .delete("kv-0-2", &DeleteParams::default())
+        .delete("kv-0-0", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for("kv-0-2 to be recreated", READY_WAIT, POLL, || async {
-        let pod = apis.pods.get("kv-0-2").await?;
+    wait_for("kv-0-0 to be recreated", READY_WAIT, POLL, || async {
+        let pod = apis.pods.get("kv-0-0").await?;
         Ok((pod.uid() != before && pod.metadata.deletion_timestamp.is_none()).then_some(()))
     })
     .await
@@ -805,7 +771,7 @@ async fn scaling_self_healing_and_shards_beyond_the_spec() {
         .await
         .unwrap();
     wait_for("the PVC to request 2Gi", WAIT, POLL, || async {
-        let pvc = apis.pvcs.get("data-kv-0-2").await?;
+        let pvc = apis.pvcs.get("data-kv-0-0").await?;
         let size = pvc
             .spec
             .and_then(|s| s.resources?.requests?.get("storage").cloned());
@@ -864,7 +830,6 @@ async fn scaling_self_healing_and_shards_beyond_the_spec() {
         .items;
     for reason in [
         "ScalingDown",
-        "RoleChanged",
         "UpdatedSecret",
         "ShardsBeyondSpec",
         "DeletedPVC",

@@ -49,11 +49,13 @@ pub struct ShardSpec {
     #[serde(default = "default_weight")]
     #[x_kube(validation = Rule::new("self >= 1").message("weight must be at least 1"))]
     pub weight: i32,
-    /// Instance that should be primary. Changing it to another instance of this shard
-    /// requests a planned switchover; after an automatic failover the operator records
-    /// the new primary here, so the field always names the intended primary.
+    /// Instance that should be primary, set when the shard is created. Changing it
+    /// requests a planned switchover, which needs streaming replication: until the
+    /// operator configures replication (see the `ReplicationConfigured` condition) the
+    /// replicas are standalone servers and the field cannot change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.primary cannot change yet: a switchover needs streaming replication, which this version does not configure (replicas are standalone servers); set it back to its previous value"))]
     pub primary: Option<String>,
     /// Persistent storage of each instance.
     #[serde(default)]

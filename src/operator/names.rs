@@ -46,6 +46,9 @@ pub mod label {
     pub const INSTANCE_POD: &str = "ringmaster.dev/instance";
     /// `primary` or `replica` (Pods only).
     pub const ROLE: &str = "ringmaster.dev/role";
+    /// `true` on a replica that streams from its primary: the `-ro` Service selects
+    /// only these, so a replica never serves reads before it has the primary's data.
+    pub const STREAMING: &str = "ringmaster.dev/streaming";
 }
 
 /// Keys of the credentials Secret.

@@ -57,39 +57,48 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-The operator's rules on the namespaces it manages (ClusterRole or Role).
-Least privilege for what it does:
-- ringmaster.dev: reads its resources, creates/deletes Shards and ShardMigrations it owns,
-  writes status and finalizers; never creates or deletes ShardedClusters (users do).
-- Pods, PVCs, Services, ConfigMaps (routing table): full lifecycle; Pods are managed
-  directly (role labels, failover, fencing). No pods/exec, no pods/status.
-- Deployments: the routers.
-- Secrets: the credentials Secret is generated once and never regenerated or deleted by
-  the operator (owner references let the garbage collector remove it): no update/delete.
-- Events: events.k8s.io only.
+The operator's rules on the namespaces it manages (ClusterRole or Role): exactly the
+calls in src/operator/** (controllers, observe/apply/status) and nothing more.
+- Writes are server-side apply (PATCH; creating through apply also needs `create`),
+  `create` for write-once objects (Pods, the credentials Secret, new Shards) and
+  `delete` for Pods and PVCs only. Nothing is written with PUT: no `update` (except the
+  finalizers below).
+- ringmaster.dev: reads ShardedClusters and writes only their status; creates and applies
+  Shards (never deletes them: the garbage collector does) and writes their status;
+  ShardMigrations are read-only for now (no controller writes them yet).
+- `update` on shardedclusters/finalizers and shards/finalizers: owned objects carry
+  ownerReferences with blockOwnerDeletion, which the OwnerReferencesPermissionEnforcement
+  admission plugin (e.g. OpenShift) allows only to those who may update the owner's
+  finalizers. Shards are owned by
+  ShardedClusters; Pods, PVCs and Services by Shards.
+- Pods: created directly (role labels applied), deleted on failure and scale-down. No
+  pods/exec, no pods/status. PVCs: applied (created, resized), deleted when a replica is
+  removed with pvcRetention.whenScaled=Delete. Services, ConfigMaps (routing table): applied.
+- Secrets: the credentials Secret is created once and only missing keys are re-added
+  (merge patch); never updated or deleted by the operator (owner references let the
+  garbage collector remove it).
+- Events: events.k8s.io only (create, and patch for an Event series).
+- `get` is granted with `list`/`watch` as the read set; it adds nothing `list` does not.
 */}}
 {{- define "ringmaster.managedRules" -}}
 - apiGroups: ["ringmaster.dev"]
-  resources: ["shardedclusters"]
-  verbs: ["get", "list", "watch", "update", "patch"]
+  resources: ["shardedclusters", "shardmigrations"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["ringmaster.dev"]
-  resources: ["shards", "shardmigrations"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  resources: ["shards"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["ringmaster.dev"]
-  resources: ["shardedclusters/status", "shards/status", "shardmigrations/status"]
-  verbs: ["get", "update", "patch"]
+  resources: ["shardedclusters/status", "shards/status"]
+  verbs: ["patch"]
 - apiGroups: ["ringmaster.dev"]
-  resources: ["shardedclusters/finalizers", "shards/finalizers", "shardmigrations/finalizers"]
+  resources: ["shardedclusters/finalizers", "shards/finalizers"]
   verbs: ["update"]
 - apiGroups: [""]
-  resources: ["pods", "services", "persistentvolumeclaims", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  resources: ["pods", "persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
-  resources: ["secrets"]
+  resources: ["services", "configmaps", "secrets"]
   verbs: ["get", "list", "watch", "create", "patch"]
-- apiGroups: ["apps"]
-  resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

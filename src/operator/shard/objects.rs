@@ -306,30 +306,30 @@ pub fn pvc(target: &Target<'_>, ordinal: i32, size: &str) -> PersistentVolumeCla
     }
 }
 
-/// The three Services of the shard: `-rw`, `-ro` and the headless `-pods`.
+/// The three Services of the shard: `-rw` (the primary), `-ro` (replicas that
+/// stream from it) and the headless `-pods` (every instance).
 pub fn services(target: &Target<'_>) -> Vec<Service> {
-    let role = |role: Role| Some((label::ROLE, role.as_str()));
+    let primary = [(label::ROLE, Role::Primary.as_str())];
+    let streaming_replicas = [
+        (label::ROLE, Role::Replica.as_str()),
+        (label::STREAMING, "true"),
+    ];
     vec![
-        service(
-            target,
-            names::rw_service(target.name),
-            role(Role::Primary),
-            false,
-        ),
+        service(target, names::rw_service(target.name), &primary, false),
         service(
             target,
             names::ro_service(target.name),
-            role(Role::Replica),
+            &streaming_replicas,
             false,
         ),
-        service(target, names::headless_service(target.name), None, true),
+        service(target, names::headless_service(target.name), &[], true),
     ]
 }
 
 fn service(
     target: &Target<'_>,
     name: String,
-    role: Option<(&str, &str)>,
+    extra_selector: &[(&str, &str)],
     headless: bool,
 ) -> Service {
     let spec = &target.shard.spec;
@@ -338,8 +338,8 @@ fn service(
         (label::CLUSTER.to_owned(), target.cluster().to_owned()),
         (label::SHARD.to_owned(), target.index().to_string()),
     ]);
-    if let Some((k, v)) = role {
-        selector.insert(k.to_owned(), v.to_owned());
+    for (k, v) in extra_selector {
+        selector.insert((*k).to_owned(), (*v).to_owned());
     }
     Service {
         metadata: target.meta(name, labels, true),

@@ -100,6 +100,46 @@ fn new_redis_shard_plans_pods_pvcs_and_services() {
 }
 
 #[test]
+fn services_select_the_primary_streaming_replicas_and_every_instance() {
+    let plan = plan_for(&redis_shard(), &Observed::default());
+    let selector = |name: &str| -> Vec<(String, String)> {
+        let svc = plan.services.iter().find(|s| s.name_any() == name).unwrap();
+        let spec = svc.spec.as_ref().unwrap();
+        spec.selector.clone().unwrap().into_iter().collect()
+    };
+    let shard = [
+        (label::CLUSTER.to_owned(), "cache".to_owned()),
+        (label::SHARD.to_owned(), "0".to_owned()),
+    ];
+    let with = |extra: &[(&str, &str)]| {
+        let mut all: Vec<(String, String)> = shard.to_vec();
+        all.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        all.sort();
+        all
+    };
+    assert_eq!(selector("cache-0-rw"), with(&[(label::ROLE, "primary")]));
+    // A replica serves reads only once it streams from the primary.
+    assert_eq!(
+        selector("cache-0-ro"),
+        with(&[(label::ROLE, "replica"), (label::STREAMING, "true")])
+    );
+    assert_eq!(selector("cache-0-pods"), with(&[]));
+    let headless = plan
+        .services
+        .iter()
+        .find(|s| s.name_any() == "cache-0-pods")
+        .unwrap();
+    assert_eq!(
+        headless.spec.as_ref().unwrap().cluster_ip.as_deref(),
+        Some("None")
+    );
+}
+
+#[test]
 fn redis_primary_pod_matches_the_contract() {
     let shard = redis_shard();
     let plan = plan_for(&shard, &Observed::default());
