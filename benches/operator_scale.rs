@@ -23,10 +23,19 @@
 //!    `ringmaster_reconciles_total`, after the 50-cluster run; baseline: the same
 //!    figures of the three one-cluster trials (their histograms summed).
 //!
+//! Also reported: how long deleting takes (and whether Pods are created while a
+//! cluster is being deleted), and the round trip of a single `GET` by this bench
+//! during each run, to tell operator time from apiserver time. Before the trials
+//! the bench waits until the garbage collector has picked up the freshly
+//! installed CRDs, so that the first deletion is not an outlier.
+//!
 //! Needs the binaries: `cargo build --workspace --bins` first. Run with
-//! `cargo bench -p ringmaster --bench operator_scale` (or `make bench`).
+//! `cargo bench -p ringmaster --bench operator_scale` (or `make bench`); it takes
+//! about 4 minutes on 2 cores. `RINGMASTER_BENCH_LOG_LEVEL` sets the operators'
+//! `--log-level` (default `info`; their logs are in `$TMPDIR/ringmaster-bench-*.log`),
+//! e.g. `info,kube_client=debug` to see every API request's timing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -34,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use ringmaster::api::{Shard, ShardedCluster};
@@ -52,8 +61,10 @@ const SCALE_CLUSTERS: usize = 50;
 
 /// Poll interval of the create → Ready measurements (operator and baseline alike).
 const POLL: Duration = Duration::from_millis(100);
-/// Poll interval of the long waits (50 clusters, deletions).
+/// Poll interval of the waits for the 50 clusters (Ready, deleted).
 const SLOW_POLL: Duration = Duration::from_secs(1);
+/// Poll interval of the waits for one deletion.
+const DELETE_POLL: Duration = Duration::from_millis(250);
 const SETUP_WAIT: Duration = Duration::from_secs(60);
 const TRIAL_WAIT: Duration = Duration::from_secs(180);
 const SCALE_WAIT: Duration = Duration::from_secs(600);
@@ -70,6 +81,7 @@ async fn main() {
     let cluster = Cluster::shared();
     install_crds(cluster).await;
     let client = cluster.client().await;
+    warm_up_garbage_collector(cluster, &client).await;
 
     // --- 1. create -> Ready, trials interleaved with the baseline's
     let mut baseline = Vec::new();
@@ -79,7 +91,7 @@ async fn main() {
         trials.push(operator_trial(cluster, &client, trial).await);
         eprintln!(
             "trial {trial}: baseline {:.1?}, operator {:.1?}",
-            baseline[trial].ready, trials[trial].ready
+            baseline[trial].ready, trials[trial].at[CLUSTER_READY]
         );
     }
 
@@ -110,7 +122,7 @@ impl Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_ringmaster"))
             .args(["operator", "--namespaces", namespace])
             .args(["--leader-election=false", "--http-addr", &http])
-            .args(["--log-format", "text", "--log-level", "info"])
+            .args(["--log-format", "text", "--log-level", &log_level()])
             .env("KUBECONFIG", cluster.kubeconfig_path())
             .env("RINGMASTER_IMAGE", AGENT_IMAGE)
             .env_remove("RUST_LOG")
@@ -198,6 +210,14 @@ impl Drop for Operator {
     }
 }
 
+/// The operator's `--log-level`: `$RINGMASTER_BENCH_LOG_LEVEL`, else `info`.
+fn log_level() -> String {
+    std::env::var("RINGMASTER_BENCH_LOG_LEVEL")
+        .ok()
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "info".to_owned())
+}
+
 async fn install_crds(cluster: &Cluster) {
     let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
     let out = cluster.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
@@ -232,6 +252,58 @@ async fn install_crds(cluster: &Cluster) {
     .unwrap();
 }
 
+/// Waits until the garbage collector collects the dependents of a deleted
+/// ShardedCluster: it learns of new CRDs only at its next periodic discovery
+/// resync (about 40 s here), and until then deleting a cluster leaves its Shards
+/// and Pods alone ("unable to get REST mapping").
+async fn warm_up_garbage_collector(cluster: &Cluster, client: &Client) {
+    let ns = cluster.namespace("bench-opscale-warmup").await;
+    let clusters: Api<ShardedCluster> = Api::namespaced(client.clone(), ns.name());
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns.name());
+    let started = Instant::now();
+    let owner = clusters
+        .create(&PostParams::default(), &redis_cluster("warmup", 1, 0))
+        .await
+        .expect("creating the warm-up ShardedCluster");
+    let dependent: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "warmup-dependent",
+            "ownerReferences": [{
+                "apiVersion": "ringmaster.dev/v1alpha1",
+                "kind": "ShardedCluster",
+                "name": "warmup",
+                "uid": owner.uid().expect("a uid"),
+            }]
+        }
+    }))
+    .unwrap();
+    config_maps
+        .create(&PostParams::default(), &dependent)
+        .await
+        .expect("creating the warm-up ConfigMap");
+    clusters
+        .delete("warmup", &DeleteParams::background())
+        .await
+        .expect("deleting the warm-up ShardedCluster");
+    wait_for(
+        "the garbage collector to collect a ShardedCluster's dependent",
+        Duration::from_secs(120),
+        SLOW_POLL,
+        || async {
+            let gone = config_maps.get_opt("warmup-dependent").await?.is_none();
+            Ok(gone.then_some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "warm-up: the garbage collector collected a ShardedCluster's dependent after {:.1?}",
+        started.elapsed()
+    );
+}
+
 fn redis_cluster(name: &str, shards: usize, replicas: usize) -> ShardedCluster {
     serde_json::from_value(json!({
         "apiVersion": "ringmaster.dev/v1alpha1",
@@ -257,17 +329,28 @@ fn pod_condition(pod: &Pod, type_: &str) -> bool {
 
 // ------------------------------------------------------------------ scenario 1
 
-/// Milestones of one operator trial, from the ShardedCluster's create.
+/// Milestones of an operator trial, in the order they are reached.
+const MILESTONES: [&str; 7] = [
+    "3 Shards exist",
+    "9 PVCs Bound",
+    "9 Pods exist",
+    "9 Pods scheduled (bound to the node)",
+    "9 Pods Initialized (install-agent done)",
+    "9 Pods Ready",
+    "ShardedCluster Ready, readyShards 3",
+];
+const CLUSTER_READY: usize = 6;
+
+/// One operator trial.
 struct Trial {
-    shards: Duration,
-    pvcs_bound: Duration,
-    pods_created: Duration,
-    pods_initialized: Duration,
-    pods_ready: Duration,
-    ready: Duration,
-    deleted: Duration,
+    /// Time of each of [`MILESTONES`] since the ShardedCluster's create.
+    at: [Duration; 7],
+    deleted: Deletion,
+    /// Operator RSS at Ready.
     rss: u64,
     metrics: Metrics,
+    /// Round trips of `GET` of the ShardedCluster while waiting for Ready.
+    gets: Vec<Duration>,
 }
 
 /// Milestones of one baseline trial, from the first Pod's create.
@@ -347,7 +430,7 @@ async fn baseline_trial(cluster: &Cluster, client: &Client, trial: usize) -> Bas
     wait_for(
         "the plain redis Pods to be gone",
         DELETE_WAIT,
-        SLOW_POLL / 4,
+        DELETE_POLL,
         || async {
             let left = pods.list(&list).await?.items.len();
             if left == 0 {
@@ -387,10 +470,11 @@ async fn operator_trial(cluster: &Cluster, client: &Client, trial: usize) -> Tri
         .expect("creating the ShardedCluster");
     // Each milestone is polled until reached; the time is taken when the
     // observation that reached it returns.
-    let mut at: [Option<Duration>; 6] = [None; 6];
+    let mut at: [Option<Duration>; 7] = [None; 7];
+    let mut gets = Vec::new();
     let deadline = start + TRIAL_WAIT;
     let mut last = String::new();
-    while at.iter().any(Option::is_none) {
+    loop {
         if at[0].is_none() {
             let n = shards
                 .list(&ListParams::default())
@@ -413,33 +497,41 @@ async fn operator_trial(cluster: &Cluster, client: &Client, trial: usize) -> Tri
             }
             last = format!("{last}; PVCs Bound {bound:?}");
         }
-        if at[2..5].iter().any(Option::is_none) {
+        if at[2..6].iter().any(Option::is_none) {
             match pods.list(&owned).await {
                 Ok(list) => {
+                    let elapsed = start.elapsed();
                     let count = |type_: &str| {
                         list.items
                             .iter()
                             .filter(|p| pod_condition(p, type_))
                             .count()
                     };
-                    let (initialized, ready) = (count("Initialized"), count("Ready"));
-                    let elapsed = start.elapsed();
-                    for (slot, n) in [(2, list.items.len()), (3, initialized), (4, ready)] {
+                    let counts = [
+                        list.items.len(),
+                        count("PodScheduled"),
+                        count("Initialized"),
+                        count("Ready"),
+                    ];
+                    for (slot, n) in (2..6).zip(counts) {
                         if at[slot].is_none() && n == INSTANCES {
                             at[slot] = Some(elapsed);
                         }
                     }
                     last = format!(
-                        "{last}; Pods {} (initialized {initialized}, Ready {ready})",
-                        list.items.len()
+                        "{last}; Pods {} (scheduled {}, initialized {}, Ready {})",
+                        counts[0], counts[1], counts[2], counts[3]
                     );
                 }
                 Err(e) => last = format!("{last}; Pods: {e}"),
             }
         }
-        if at[5].is_none() {
-            match clusters.get(&name).await {
-                Ok(sc) if cluster_ready(&sc, SHARDS) => at[5] = Some(start.elapsed()),
+        if at[CLUSTER_READY].is_none() {
+            let asked = Instant::now();
+            let got = clusters.get(&name).await;
+            gets.push(asked.elapsed());
+            match got {
+                Ok(sc) if cluster_ready(&sc, SHARDS) => at[CLUSTER_READY] = Some(start.elapsed()),
                 Ok(sc) => {
                     let status = sc.status.unwrap_or_default();
                     last = format!(
@@ -462,52 +554,89 @@ async fn operator_trial(cluster: &Cluster, client: &Client, trial: usize) -> Tri
         }
         tokio::time::sleep(POLL).await;
     }
-    let at = at.map(Option::unwrap);
     let rss = operator.memory().0;
     let metrics = operator.metrics().await;
 
-    let deleted = delete_clusters(client, ns.name())
+    let deleted = delete_clusters(client, ns.name(), DELETE_POLL)
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log_tail()));
     Trial {
-        shards: at[0],
-        pvcs_bound: at[1],
-        pods_created: at[2],
-        pods_initialized: at[3],
-        pods_ready: at[4],
-        ready: at[5],
+        at: at.map(Option::unwrap),
         deleted,
         rss,
         metrics,
+        gets,
     }
 }
 
+/// How long deleting took: until the Pods were gone, until everything was.
+#[derive(Clone, Copy)]
+struct Deletion {
+    pods: Duration,
+    all: Duration,
+    /// Pods that appeared after the delete (created while deleting).
+    recreated: usize,
+}
+
 /// Deletes every ShardedCluster of `ns` and waits (bounded) until their Shards,
-/// Pods and PVCs are gone; returns how long that took.
-async fn delete_clusters(client: &Client, ns: &str) -> anyhow::Result<Duration> {
+/// Pods and PVCs are gone.
+async fn delete_clusters(
+    client: &Client,
+    ns: &str,
+    interval: Duration,
+) -> anyhow::Result<Deletion> {
     let clusters: Api<ShardedCluster> = Api::namespaced(client.clone(), ns);
     let shards: Api<Shard> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let managed = ListParams::default().labels(MANAGED);
+    let before: BTreeSet<String> = pods
+        .list(&managed)
+        .await
+        .context("listing the Pods")?
+        .items
+        .iter()
+        .filter_map(|p| p.uid())
+        .collect();
     let start = Instant::now();
     clusters
         .delete_collection(&DeleteParams::background(), &ListParams::default())
         .await
         .context("deleting the ShardedClusters")?;
+    let pods_gone = std::cell::Cell::new(None);
+    let recreated = std::cell::RefCell::new(BTreeSet::new());
     wait_for(
         &format!("the clusters of {ns} and everything they own to be gone"),
         DELETE_WAIT,
-        SLOW_POLL / 4,
+        interval,
         || async {
+            let pods = pods.list(&managed).await?.items;
+            recreated.borrow_mut().extend(
+                pods.iter()
+                    .filter_map(|p| p.uid())
+                    .filter(|uid| !before.contains(uid)),
+            );
             let left = [
                 clusters.list(&ListParams::default()).await?.items.len(),
                 shards.list(&ListParams::default()).await?.items.len(),
-                pods.list(&managed).await?.items.len(),
+                pods.len(),
                 pvcs.list(&managed).await?.items.len(),
             ];
+            // The last time the Pods went away (the operator may create more).
+            if left[2] > 0 {
+                pods_gone.set(None);
+            } else if pods_gone.get().is_none() {
+                pods_gone.set(Some(start.elapsed()));
+            }
             if left == [0; 4] {
-                Ok(Some(start.elapsed()))
+                let all = start.elapsed();
+                let pods = pods_gone.get().unwrap_or(all);
+                let recreated = recreated.borrow().len();
+                Ok(Some(Deletion {
+                    pods,
+                    all,
+                    recreated,
+                }))
             } else {
                 Err(anyhow!(
                     "left: {} ShardedClusters, {} Shards, {} Pods, {} PVCs",
@@ -529,8 +658,10 @@ struct Scale {
     ready_rss: u64,
     peak_rss: u64,
     all_ready: Duration,
-    deleted: Duration,
+    deleted: Deletion,
     metrics: Metrics,
+    /// Round trips of `GET` of one ShardedCluster while waiting for all Ready.
+    gets: Vec<Duration>,
 }
 
 async fn scale_run(cluster: &Cluster, client: &Client) -> Scale {
@@ -542,7 +673,7 @@ async fn scale_run(cluster: &Cluster, client: &Client) -> Scale {
 
     let clusters: Api<ShardedCluster> = Api::namespaced(client.clone(), ns.name());
     let start = Instant::now();
-    let mut result = Ok(Duration::ZERO);
+    let mut result = Ok((Duration::ZERO, Vec::new()));
     for i in 0..SCALE_CLUSTERS {
         let created = clusters
             .create(
@@ -559,16 +690,17 @@ async fn scale_run(cluster: &Cluster, client: &Client) -> Scale {
         result = wait_all_ready(client, ns.name(), start).await;
     }
     let measured = match result {
-        Ok(all_ready) => {
+        Ok((all_ready, gets)) => {
             tokio::time::sleep(SETTLE).await;
             let (ready_rss, peak_rss) = operator.memory();
-            Ok((all_ready, ready_rss, peak_rss, operator.metrics().await))
+            let metrics = operator.metrics().await;
+            Ok((all_ready, gets, ready_rss, peak_rss, metrics))
         }
         Err(e) => Err(e),
     };
     // Clean up whether or not the clusters became Ready.
-    let deleted = delete_clusters(client, ns.name()).await;
-    let (all_ready, ready_rss, peak_rss, metrics) =
+    let deleted = delete_clusters(client, ns.name(), SLOW_POLL).await;
+    let (all_ready, gets, ready_rss, peak_rss, metrics) =
         measured.unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log_tail()));
     let deleted = deleted.unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log_tail()));
     Scale {
@@ -578,17 +710,28 @@ async fn scale_run(cluster: &Cluster, client: &Client) -> Scale {
         all_ready,
         deleted,
         metrics,
+        gets,
     }
 }
 
 /// Waits (at most [`SCALE_WAIT`], polling every [`SLOW_POLL`] or slower) until
-/// every ShardedCluster of `ns` is Ready; returns the time since `start`.
-async fn wait_all_ready(client: &Client, ns: &str, start: Instant) -> anyhow::Result<Duration> {
+/// every ShardedCluster of `ns` is Ready; returns the time since `start` and the
+/// round trips of a `GET` of one of them, timed at each poll.
+async fn wait_all_ready(
+    client: &Client,
+    ns: &str,
+    start: Instant,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
     let clusters: Api<ShardedCluster> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let managed = ListParams::default().labels(MANAGED);
     let deadline = start + SCALE_WAIT;
+    let mut gets = Vec::new();
     loop {
+        let asked = Instant::now();
+        if clusters.get("kv00").await.is_ok() {
+            gets.push(asked.elapsed());
+        }
         let observed = async {
             let list = clusters.list(&ListParams::default()).await?.items;
             let not_ready: Vec<String> = list
@@ -608,7 +751,7 @@ async fn wait_all_ready(client: &Client, ns: &str, start: Instant) -> anyhow::Re
         .await;
         let last_progress = match observed {
             Ok((total, not_ready)) if total == SCALE_CLUSTERS && not_ready.is_empty() => {
-                return Ok(start.elapsed());
+                return Ok((start.elapsed(), gets));
             }
             Ok((total, not_ready)) => {
                 let pods = pods.list(&managed).await.map(|l| {
@@ -787,9 +930,9 @@ fn print_row(name: &str, samples: &[Duration], baseline_p50: f64) {
 }
 
 fn print_report(baseline: &[Baseline], trials: &[Trial], scale: &Scale) {
-    let pick = |f: fn(&Trial) -> Duration| trials.iter().map(f).collect::<Vec<_>>();
     let base_ready: Vec<Duration> = baseline.iter().map(|b| b.ready).collect();
     let base_p50 = summary(&base_ready).0;
+    let milestone = |i: usize| trials.iter().map(|t| t.at[i]).collect::<Vec<_>>();
 
     println!(
         "\n1. create -> Ready, {TRIALS} trials each, fresh namespace and operator per trial (ms)"
@@ -804,36 +947,18 @@ fn print_report(baseline: &[Baseline], trials: &[Trial], scale: &Scale) {
         base_p50,
     );
     print_row(
-        "  9 plain redis Pods: create calls returned",
+        "  create -> the 9 create calls returned",
         &baseline.iter().map(|b| b.created).collect::<Vec<_>>(),
         base_p50,
     );
     print_row(
         "ShardedCluster 3 x (1+2): create -> Ready, readyShards 3",
-        &pick(|t| t.ready),
+        &milestone(CLUSTER_READY),
         base_p50,
     );
-    print_row("  create -> 3 Shards exist", &pick(|t| t.shards), base_p50);
-    print_row(
-        "  create -> 9 PVCs Bound",
-        &pick(|t| t.pvcs_bound),
-        base_p50,
-    );
-    print_row(
-        "  create -> 9 Pods exist",
-        &pick(|t| t.pods_created),
-        base_p50,
-    );
-    print_row(
-        "  create -> 9 Pods Initialized (install-agent done)",
-        &pick(|t| t.pods_initialized),
-        base_p50,
-    );
-    print_row(
-        "  create -> 9 Pods Ready",
-        &pick(|t| t.pods_ready),
-        base_p50,
-    );
+    for (i, name) in MILESTONES.iter().enumerate().take(CLUSTER_READY) {
+        print_row(&format!("  create -> {name}"), &milestone(i), base_p50);
+    }
     let deleted_base: Vec<Duration> = baseline.iter().map(|b| b.deleted).collect();
     let deleted_p50 = summary(&deleted_base).0;
     print_row(
@@ -842,33 +967,41 @@ fn print_report(baseline: &[Baseline], trials: &[Trial], scale: &Scale) {
         deleted_p50,
     );
     print_row(
-        "delete ShardedCluster -> Shards, Pods, PVCs gone",
-        &pick(|t| t.deleted),
+        "delete ShardedCluster -> its 9 Pods gone",
+        &trials.iter().map(|t| t.deleted.pods).collect::<Vec<_>>(),
         deleted_p50,
     );
+    print_row(
+        "delete ShardedCluster -> Shards, Pods, PVCs gone",
+        &trials.iter().map(|t| t.deleted.all).collect::<Vec<_>>(),
+        deleted_p50,
+    );
+    let recreated: Vec<usize> = trials.iter().map(|t| t.deleted.recreated).collect();
+    println!("  Pods created while the ShardedCluster was being deleted, per trial: {recreated:?}");
 
     println!("\n2. operator RSS (VmRSS, MiB)");
     let mut one: Vec<u64> = trials.iter().map(|t| t.rss).collect();
     one.sort_unstable();
+    let mib = |bytes: u64| bytes as f64 / MIB;
     println!(
         "{:<58} {:>9.1}",
         "idle: caches synced, no clusters",
-        scale.idle_rss as f64 / MIB
+        mib(scale.idle_rss)
     );
     println!(
         "{:<58} {:>9.1}",
         "1 ShardedCluster 3 x (1+2) Ready (p50 of the trials)",
-        one[one.len() / 2] as f64 / MIB
+        mib(one[one.len() / 2])
     );
     println!(
         "{:<58} {:>9.1}",
         format!("{SCALE_CLUSTERS} ShardedClusters 1 x (1+0) Ready"),
-        scale.ready_rss as f64 / MIB
+        mib(scale.ready_rss)
     );
     println!(
         "{:<58} {:>9.1}",
         format!("  peak during the {SCALE_CLUSTERS}-cluster run (VmHWM)"),
-        scale.peak_rss as f64 / MIB
+        mib(scale.peak_rss)
     );
     let per_cluster = (scale.ready_rss as f64 - scale.idle_rss as f64) / SCALE_CLUSTERS as f64;
     println!(
@@ -877,14 +1010,17 @@ fn print_report(baseline: &[Baseline], trials: &[Trial], scale: &Scale) {
         per_cluster / 1024.0
     );
     println!(
-        "  ({SCALE_CLUSTERS} clusters: first create -> all Ready {:.1} s; delete -> all gone {:.1} s)",
+        "  ({SCALE_CLUSTERS} clusters: first create -> all Ready {:.1} s; delete -> Pods gone \
+         {:.1} s, everything gone {:.1} s; {} Pods created while deleting)",
         scale.all_ready.as_secs_f64(),
-        scale.deleted.as_secs_f64()
+        scale.deleted.pods.as_secs_f64(),
+        scale.deleted.all.as_secs_f64(),
+        scale.deleted.recreated
     );
 
     println!("\n3. reconcile duration per controller (ms)");
     println!(
-        "{:<16} {:<36} {:>10} {:>7} {:>9} {:>9}",
+        "{:<16} {:<40} {:>10} {:>6} {:>9} {:>9}",
         "controller", "run", "reconciles", "errors", "p50", "p99"
     );
     let one_cluster = Metrics::sum(trials.iter().map(|t| &t.metrics));
@@ -898,7 +1034,7 @@ fn print_report(baseline: &[Baseline], trials: &[Trial], scale: &Scale) {
             &scale.metrics,
         ),
     ];
-    let controllers: std::collections::BTreeSet<&String> =
+    let controllers: BTreeSet<&String> =
         runs.iter().flat_map(|(_, m)| m.reconciles.keys()).collect();
     for controller in controllers {
         for (run, m) in &runs {
@@ -907,7 +1043,7 @@ fn print_report(baseline: &[Baseline], trials: &[Trial], scale: &Scale) {
                     .map_or_else(|| "-".to_owned(), |s| format!("{:.1}", s * 1000.0))
             };
             println!(
-                "{controller:<16} {run:<36} {:>10} {:>7} {:>9} {:>9}",
+                "{controller:<16} {run:<40} {:>10} {:>6} {:>9} {:>9}",
                 m.reconciles.get(controller).copied().unwrap_or(0.0),
                 m.errors.get(controller).copied().unwrap_or(0.0),
                 q(0.5),
@@ -915,4 +1051,27 @@ fn print_report(baseline: &[Baseline], trials: &[Trial], scale: &Scale) {
             );
         }
     }
+    let trial_gets: Vec<Duration> = trials.iter().flat_map(|t| t.gets.clone()).collect();
+    println!(
+        "\n   for scale: GET of one ShardedCluster by this bench while waiting for Ready (ms)"
+    );
+    println!("{:<64} {:>10} {:>9} {:>9}", "run", "samples", "p50", "p99");
+    for (run, gets) in [
+        (format!("1 cluster 3 x (1+2), {TRIALS} trials"), &trial_gets),
+        (format!("{SCALE_CLUSTERS} clusters 1 x (1+0)"), &scale.gets),
+    ] {
+        let (p50, p99) = percentiles(gets);
+        println!("{run:<64} {:>10} {p50:>9.1} {p99:>9.1}", gets.len());
+    }
+}
+
+/// p50 and p99 (nearest rank) in milliseconds.
+fn percentiles(samples: &[Duration]) -> (f64, f64) {
+    if samples.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut ms: Vec<f64> = samples.iter().copied().map(ms).collect();
+    ms.sort_by(f64::total_cmp);
+    let rank = |q: f64| ms[((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+    (rank(0.5), rank(0.99))
 }
