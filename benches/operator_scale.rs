@@ -35,6 +35,10 @@
 //! `--log-level` (default `info`; their logs are in `$TMPDIR/ringmaster-bench-*.log`),
 //! e.g. `info,kube_client=debug` to see every API request's timing.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::install_crds;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
@@ -49,7 +53,6 @@ use kube::{Client, ResourceExt};
 use ringmaster::api::{Shard, ShardedCluster};
 use ringmaster_e2e::{Cluster, wait_for};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Trials of scenario 1 (operator and baseline each).
 const TRIALS: usize = 3;
@@ -179,21 +182,7 @@ impl Operator {
 
     /// `GET http://<http>/<path>` (status code, body).
     async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let mut stream = tokio::net::TcpStream::connect(&self.http).await?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.http);
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        let code = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow!("bad response {response:?}"))?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((code, body))
+        common::http_get(&self.http, path).await
     }
 
     async fn metrics(&self) -> Metrics {
@@ -216,40 +205,6 @@ fn log_level() -> String {
         .ok()
         .filter(|l| !l.is_empty())
         .unwrap_or_else(|| "info".to_owned())
-}
-
-async fn install_crds(cluster: &Cluster) {
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-    let out = cluster.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
-    assert!(
-        out.status.success(),
-        "installing the CRDs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let established = cluster.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/shardedclusters.ringmaster.dev",
-        "crd/shards.ringmaster.dev",
-    ]);
-    assert!(
-        established.status.success(),
-        "CRDs not Established: {}",
-        String::from_utf8_lossy(&established.stderr)
-    );
-    let api: Api<ShardedCluster> = Api::all(cluster.client().await);
-    wait_for(
-        "the ShardedCluster API to be served",
-        SETUP_WAIT,
-        POLL,
-        || {
-            let api = api.clone();
-            async move { Ok(api.list(&ListParams::default()).await.ok().map(drop)) }
-        },
-    )
-    .await
-    .unwrap();
 }
 
 /// Waits until the garbage collector collects the dependents of a deleted

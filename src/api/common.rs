@@ -34,9 +34,25 @@ impl Engine {
 
     /// The port the database server listens on.
     pub fn port(self) -> i32 {
+        i32::from(self.default_port())
+    }
+
+    /// [`Engine::port`] as a socket port.
+    pub fn default_port(self) -> u16 {
         match self {
             Engine::Redis => 6379,
             Engine::Postgres => 5432,
+        }
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "redis" => Ok(Engine::Redis),
+            "postgres" => Ok(Engine::Postgres),
+            _ => Err("expected `redis` or `postgres`".into()),
         }
     }
 }

@@ -95,6 +95,17 @@ pub enum Role {
     Replica,
 }
 
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "primary" => Ok(Role::Primary),
+            "replica" => Ok(Role::Replica),
+            _ => Err("expected `primary` or `replica`".into()),
+        }
+    }
+}
+
 impl Role {
     /// The role as written in the `ringmaster.dev/role` label.
     pub fn as_str(self) -> &'static str {

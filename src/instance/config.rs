@@ -13,6 +13,8 @@ use clap::ValueEnum;
 use super::args::InstanceArgs;
 use super::error::InstanceError;
 use super::secret::Secret;
+pub use crate::api::Engine as EngineKind;
+pub use crate::api::shard::Role;
 use crate::runtime::telemetry::LogFormat;
 
 /// Default data directory (on the PVC).
@@ -21,80 +23,6 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/ringmaster/data";
 pub const DEFAULT_RUN_DIR: &str = "/run/ringmaster";
 /// Default port of the agent's HTTP API.
 pub const DEFAULT_AGENT_PORT: u16 = 8000;
-
-/// The database engine an instance runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EngineKind {
-    /// Redis (`redis-server`).
-    Redis,
-    /// PostgreSQL (`postgres`).
-    Postgres,
-}
-
-impl EngineKind {
-    /// The name used in the environment, the API and the data-directory marker.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Redis => "redis",
-            Self::Postgres => "postgres",
-        }
-    }
-
-    /// The engine's usual server port.
-    pub fn default_port(self) -> u16 {
-        match self {
-            Self::Redis => 6379,
-            Self::Postgres => 5432,
-        }
-    }
-}
-
-impl FromStr for EngineKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "redis" => Ok(Self::Redis),
-            "postgres" => Ok(Self::Postgres),
-            _ => Err("expected `redis` or `postgres`".into()),
-        }
-    }
-}
-
-impl fmt::Display for EngineKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The role an instance was created with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Accepts writes.
-    Primary,
-    /// Follows a primary.
-    Replica,
-}
-
-impl Role {
-    /// The name used in the environment and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Primary => "primary",
-            Self::Replica => "replica",
-        }
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "primary" => Ok(Self::Primary),
-            "replica" => Ok(Self::Replica),
-            _ => Err("expected `primary` or `replica`".into()),
-        }
-    }
-}
 
 /// How the server replicates. Only standalone servers exist yet; following a
 /// primary (`ReplicaOf { host, port }`: clone on first start, then stream) is
