@@ -238,6 +238,13 @@ async fn invalid_shards_and_migrations_are_rejected() {
         &rejected_update(&shards, "ok", json!({ "index": 1 })).await,
         "index is immutable",
     );
+    // spec.primary is a switchover request: it may change.
+    let switchover = Patch::Merge(json!({ "spec": { "primary": "c-0-1" } }));
+    let edited = shards
+        .patch("ok", &PatchParams::default(), &switchover)
+        .await
+        .expect("spec.primary can change");
+    assert_eq!(edited.data["spec"]["primary"], "c-0-1");
 
     let migrations = api(cluster, ns.name(), "ShardMigration", "shardmigrations").await;
     let message = rejected_create(

@@ -700,7 +700,7 @@ fn postgres_interrupted_initialisation_is_redone() {
         eprintln!("SKIPPED postgres_interrupted_initialisation_is_redone: {why}");
         return;
     }
-    let mut inst = Instance::new("postgres", "replica", 13);
+    let mut inst = Instance::new("postgres", "primary", 13);
     // what a crash in the middle of initdb leaves: a pgdata, no marker
     let pgdata = inst.data_dir().join("pgdata");
     std::fs::create_dir(&pgdata).unwrap();
@@ -712,7 +712,7 @@ fn postgres_interrupted_initialisation_is_redone() {
     }
     let mut agent = inst.start();
     agent.wait_ready();
-    check_api(&mut agent, "postgres", "replica");
+    check_api(&mut agent, "postgres", "primary");
     let version = std::fs::read_to_string(pgdata.join("PG_VERSION")).unwrap();
     assert!(
         version.trim().parse::<u32>().is_ok(),

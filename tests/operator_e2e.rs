@@ -1,6 +1,8 @@
 //! The operator as users run it: installed by its own Helm chart and running as a
 //! Pod on the local cluster, with the example clusters applied as written.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -201,7 +203,16 @@ async fn resource_versions(
             }
         };
     }
-    collect!(Shard, "shard");
+    for o in Api::<Shard>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .unwrap()
+    {
+        versions.insert(
+            format!("shard/{}", o.name_any()),
+            common::shard_fingerprint(&o),
+        );
+    }
     collect!(Pod, "pod");
     collect!(PersistentVolumeClaim, "pvc");
     collect!(Service, "service");

@@ -9,10 +9,8 @@
 
 mod common;
 use common::install_crds;
+use common::operator::Operator;
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
@@ -30,110 +28,6 @@ const READY_WAIT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(250);
 
 // ------------------------------------------------------------------ harness
-
-/// The operator as a child process; killed (and reaped) on drop.
-struct Operator {
-    child: Child,
-    log: PathBuf,
-    http: String,
-}
-
-impl Operator {
-    /// Without leader election.
-    fn start(cluster: &Cluster, namespace: &str) -> Self {
-        Self::spawn(cluster, namespace, &["--leader-election=false"], &[])
-    }
-
-    /// With leader election on the Lease in `namespace`, as `identity`.
-    fn elected(cluster: &Cluster, namespace: &str, identity: &str) -> Self {
-        let env = [("POD_NAMESPACE", namespace), ("POD_NAME", identity)];
-        Self::spawn(cluster, namespace, &[], &env)
-    }
-
-    fn spawn(cluster: &Cluster, namespace: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let http = format!("127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("ringmaster-operator-{namespace}-{port}.log"));
-        let stderr = File::create(&log).expect("the operator's log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_ringmaster"))
-            .args(["operator", "--namespaces", namespace])
-            .args([
-                "--http-addr",
-                &http,
-                "--log-format",
-                "text",
-                "--log-level",
-                "info",
-            ])
-            .args(args)
-            .env("KUBECONFIG", cluster.kubeconfig_path())
-            .env_remove("RUST_LOG")
-            .env_remove("POD_NAMESPACE")
-            .env_remove("POD_NAME")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("starting ringmaster operator");
-        Operator { child, log, http }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let start = lines.len().saturating_sub(40);
-        format!(
-            "operator log {} (last lines):\n{}",
-            self.log.display(),
-            lines[start..].join("\n")
-        )
-    }
-
-    /// `GET http://<http>/<path>` (status code, body).
-    async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        common::http_get(&self.http, path).await
-    }
-
-    /// Sum of `ringmaster_reconciles_total{controller}` in `/metrics`.
-    async fn reconciles(&self, controller: &str) -> anyhow::Result<u64> {
-        let (_, body) = self.get("/metrics").await?;
-        let prefix = format!("ringmaster_reconciles_total{{controller=\"{controller}\"}} ");
-        Ok(body
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0))
-    }
-
-    /// Stops with SIGTERM and returns whether it exited 0 in time.
-    fn terminate(mut self) -> bool {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn redis_cluster(name: &str, shards: i32, replicas: i32) -> ShardedCluster {
     serde_json::from_value(json!({
@@ -285,7 +179,7 @@ async fn resource_versions(
     for o in apis.shards.list(&params).await?.items {
         out.insert(
             format!("Shard/{}", o.name_any()),
-            o.resource_version().unwrap_or_default(),
+            common::shard_fingerprint(&o),
         );
     }
     for o in apis.pods.list(&by_label).await?.items {
@@ -489,15 +383,38 @@ async fn redis_cluster_is_provisioned_ready_idempotent_and_collected() {
         let s = shard.status.clone().unwrap();
         assert_eq!(s.ready.as_deref(), Some("2/2"), "{}", shard.name_any());
         assert!(s.instances.iter().all(|i| i.ready && i.pod_ip.is_some()));
-        let replication = s
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "ReplicationConfigured")
-            .unwrap();
-        assert_eq!(
-            (replication.status.as_str(), replication.reason.as_str()),
-            ("False", "NotConfigured")
-        );
+    }
+    // --- replication: each replica streams from its primary and serves reads
+    for name in ["cache-0", "cache-1"] {
+        wait_for(
+            &format!("{name} to replicate"),
+            READY_WAIT,
+            POLL,
+            || async {
+                let shard = apis.shards.get(name).await?;
+                let s = shard.status.clone().unwrap_or_default();
+                let c = s
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "ReplicationConfigured")
+                    .ok_or_else(|| anyhow!("no ReplicationConfigured"))?;
+                if (c.status.as_str(), c.reason.as_str()) == ("True", "Streaming") {
+                    Ok(Some(()))
+                } else {
+                    Err(anyhow!(
+                        "{}={} {}: {}",
+                        c.type_,
+                        c.status,
+                        c.reason,
+                        c.message
+                    ))
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log_tail()));
+        let replica = apis.pods.get(&format!("{name}-1")).await.unwrap();
+        assert_eq!(label(&replica, "ringmaster.dev/streaming"), "true");
     }
 
     // --- the routing table points at the Services' ClusterIPs
@@ -661,23 +578,28 @@ async fn scaling_self_healing_and_shards_beyond_the_spec() {
     let shard = apis.shards.get("kv-0").await.unwrap();
     assert_eq!(shard.status.unwrap().ready.as_deref(), Some("3/3"));
 
-    // --- a switchover edit is refused while replicas are standalone servers:
-    // moving `-rw` to one would serve an empty database
-    let refused = apis
-        .shards
-        .patch(
-            "kv-0",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "primary": "kv-0-2" } })),
-        )
+    // --- spec.primary is a switchover request: one naming no instance is not acted
+    // on, and Degraded says why (the switchover itself: tests/failover_e2e.rs)
+    let primary = |p: &str| Patch::Merge(json!({ "spec": { "primary": p } }));
+    apis.shards
+        .patch("kv-0", &PatchParams::default(), &primary("kv-0-9"))
         .await
-        .expect_err("a switchover edit is rejected until replication exists");
-    assert!(
-        refused
-            .to_string()
-            .contains("switchover needs streaming replication"),
-        "{refused}"
-    );
+        .expect("spec.primary can change");
+    wait_for("the switchover to be blocked", WAIT, POLL, || async {
+        let shard = apis.shards.get("kv-0").await?;
+        let s = shard.status.unwrap_or_default();
+        let degraded = s.conditions.iter().find(|c| c.type_ == "Degraded");
+        let blocked = degraded.is_some_and(|c| {
+            c.reason == "SwitchoverBlocked" && c.message.contains("not an instance")
+        });
+        Ok((blocked && s.primary.as_deref() == Some("kv-0-0")).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log_tail()));
+    apis.shards
+        .patch("kv-0", &PatchParams::default(), &primary("kv-0-0"))
+        .await
+        .unwrap();
 
     // --- scale down: the highest replicas go, never the primary (kv-0-0)
     apis.clusters

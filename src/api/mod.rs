@@ -7,6 +7,7 @@
 //! CEL rules on the types reject unsafe or meaningless changes with messages that say
 //! what to change; `ringmaster crdgen` writes the CRDs to `crds/`.
 
+pub mod agent;
 pub mod common;
 pub mod shard;
 pub mod shard_migration;

@@ -49,13 +49,14 @@ pub struct ShardSpec {
     #[serde(default = "default_weight")]
     #[x_kube(validation = Rule::new("self >= 1").message("weight must be at least 1"))]
     pub weight: i32,
-    /// Instance that should be primary, set when the shard is created. Changing it
-    /// requests a planned switchover, which needs streaming replication: until the
-    /// operator configures replication (see the `ReplicationConfigured` condition) the
-    /// replicas are standalone servers and the field cannot change.
+    /// Instance that should be primary. Set when the shard is created; changing it
+    /// requests a planned switchover to the named instance (no acknowledged write is
+    /// lost). It is a request: when an automatic failover picks another primary, the
+    /// operator sets this field to the new primary, so the spec always names the
+    /// primary the shard converges to. A value naming no instance of the shard, or one
+    /// that cannot take over, is reported in the `Degraded` condition and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.primary cannot change yet: a switchover needs streaming replication, which this version does not configure (replicas are standalone servers); set it back to its previous value"))]
     pub primary: Option<String>,
     /// Persistent storage of each instance.
     #[serde(default)]
@@ -133,6 +134,18 @@ pub struct InstanceStatus {
     /// Replication lag behind the primary, in bytes (replicas).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_bytes: Option<i64>,
+    /// Replication lag in seconds, as the replica reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    /// Whether the replica is connected to the primary and streaming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<bool>,
+    /// Replication position: a PostgreSQL LSN (`0/3000148`) or a Redis offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
+    /// PostgreSQL timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u64>,
 }
 
 /// A completed failover or switchover.
@@ -149,6 +162,52 @@ pub struct FailoverRecord {
     pub reason: String,
     /// Seconds from detection to the new primary accepting writes.
     pub duration_seconds: f64,
+}
+
+/// Kind of a change of primary.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ChangeKind {
+    /// Automatic: the primary was unhealthy.
+    Failover,
+    /// Planned: `spec.primary` was edited, or a rolling update moves the primary.
+    Switchover,
+}
+
+/// Step of a change of primary in progress. The decision is written before any
+/// action, so an operator restarted in the middle finishes the same change.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ChangePhase {
+    /// Decided: the old primary is being fenced (failover) or stopped cleanly
+    /// (switchover); the target is not promoted yet.
+    Pending,
+    /// The target has been asked to become primary; the other instances are being
+    /// re-pointed to it.
+    Promoting,
+}
+
+/// A failover or switchover in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrimaryChange {
+    /// Failover or switchover.
+    pub kind: ChangeKind,
+    /// The step reached.
+    pub phase: ChangePhase,
+    /// The primary being replaced.
+    pub from: String,
+    /// The instance being promoted.
+    pub to: String,
+    /// Why, e.g. `PrimaryUnhealthy: Pod not ready for 6s`.
+    pub reason: String,
+    /// When the change was decided (for failovers: when the primary was first seen
+    /// unhealthy).
+    pub started_at: Time,
+    /// The epoch of the change (`status.epoch` once it is done).
+    pub epoch: u64,
+    /// When the current phase began: a target that is not primary 30 s after it was
+    /// asked to be is given up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<Time>,
 }
 
 /// Observed state of a Shard.
@@ -176,6 +235,20 @@ pub struct ShardStatus {
     /// The last failover or switchover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
+    /// Raised by every failover and switchover; the instance agents refuse commands
+    /// of an older epoch.
+    #[serde(default)]
+    pub epoch: u64,
+    /// The failover or switchover in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<PrimaryChange>,
+    /// Since when the primary has been unhealthy (cleared when it recovers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_unhealthy_since: Option<Time>,
+    /// Candidates that failed to take over in the current failover: skipped, not
+    /// retried, until the shard has a healthy primary again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_candidates: Vec<String>,
     /// `Ready`, `Progressing`, `Degraded`, `ReplicationConfigured`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -14,6 +14,7 @@ use super::args::InstanceArgs;
 use super::error::InstanceError;
 use super::secret::Secret;
 pub use crate::api::Engine as EngineKind;
+pub use crate::api::ReplicationMode;
 pub use crate::api::shard::Role;
 use crate::runtime::telemetry::LogFormat;
 
@@ -21,27 +22,26 @@ use crate::runtime::telemetry::LogFormat;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/ringmaster/data";
 /// Default run directory (an emptyDir).
 pub const DEFAULT_RUN_DIR: &str = "/run/ringmaster";
+/// Default name of the replication user.
+pub const DEFAULT_REPLICATION_USER: &str = "ringmaster_replication";
 /// Default port of the agent's HTTP API.
 pub const DEFAULT_AGENT_PORT: u16 = 8000;
-
-/// How the server replicates. Only standalone servers exist yet; following a
-/// primary (`ReplicaOf { host, port }`: clone on first start, then stream) is
-/// the next step and plugs in here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Replication {
-    /// No upstream: the server accepts writes.
-    Standalone,
-}
 
 /// The validated settings of the agent.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Engine of the server.
     pub engine: EngineKind,
-    /// Role at creation (reported; replication comes later).
+    /// Role at creation (`RINGMASTER_ROLE`): the desired role until the operator
+    /// sends one (see [`super::role`]).
     pub role: Role,
-    /// How the server replicates.
-    pub replication: Replication,
+    /// Epoch of the environment's role (`RINGMASTER_EPOCH`, default 0).
+    pub epoch: u64,
+    /// Replication mode of the shard (`RINGMASTER_REPLICATION_MODE`, default async).
+    pub replication_mode: ReplicationMode,
+    /// Seconds a crashed primary is held down (`RINGMASTER_HOLD_CRASHED_PRIMARY`,
+    /// default 0).
+    pub hold_crashed_primary_seconds: u64,
     /// Cluster name, when known.
     pub cluster: Option<String>,
     /// Shard index, when known.
@@ -56,6 +56,12 @@ pub struct Config {
     pub password: Secret,
     /// Bearer token of `/status`.
     pub agent_token: Secret,
+    /// Name of the replication user (PostgreSQL role with REPLICATION; Redis ACL user
+    /// allowed `PSYNC`, `REPLCONF` and `PING`).
+    pub replication_username: String,
+    /// Its password (`RINGMASTER_REPLICATION_PASSWORD`; the superuser's password when
+    /// unset, for instances created before replication users existed).
+    pub replication_password: Secret,
     /// Pod name.
     pub pod_name: String,
     /// Address the server and the agent listen on.
@@ -179,6 +185,8 @@ impl Config {
         let username = r.required(&args.username, "RINGMASTER_USERNAME")?;
         let password = secret(env, "RINGMASTER_PASSWORD")?;
         let agent_token = secret(env, "RINGMASTER_AGENT_TOKEN")?;
+        let replication_password =
+            secret(env, "RINGMASTER_REPLICATION_PASSWORD").unwrap_or_else(|_| password.clone());
         let pod_ip: Option<IpAddr> = r.parsed(&args.pod_ip, "POD_IP")?;
         let bind = r
             .parsed(&args.bind, "RINGMASTER_BIND")?
@@ -187,7 +195,15 @@ impl Config {
         Ok(Self {
             engine,
             role,
-            replication: Replication::Standalone,
+            epoch: r.parsed(&None, "RINGMASTER_EPOCH")?.unwrap_or(0),
+            replication_mode: r
+                .get(&None, "RINGMASTER_REPLICATION_MODE")
+                .map(|(v, var)| parse_mode(&v, var))
+                .transpose()?
+                .unwrap_or_default(),
+            hold_crashed_primary_seconds: r
+                .parsed(&None, "RINGMASTER_HOLD_CRASHED_PRIMARY")?
+                .unwrap_or(0),
             cluster: r.get(&args.cluster, "RINGMASTER_CLUSTER").map(|(v, _)| v),
             shard: r.get(&args.shard, "RINGMASTER_SHARD").map(|(v, _)| v),
             data_dir: r
@@ -199,6 +215,10 @@ impl Config {
             username,
             password,
             agent_token,
+            replication_username: r
+                .get(&None, "RINGMASTER_REPLICATION_USERNAME")
+                .map_or_else(|| DEFAULT_REPLICATION_USER.into(), |(v, _)| v),
+            replication_password,
             pod_name: r
                 .get(&args.pod_name, "POD_NAME")
                 .map(|(v, _)| v)
@@ -227,6 +247,18 @@ impl Config {
                 .transpose()?
                 .unwrap_or_default(),
         })
+    }
+}
+
+/// Parses `async` or `sync`.
+fn parse_mode(value: &str, var: &'static str) -> Result<ReplicationMode, InstanceError> {
+    match value.trim() {
+        "async" => Ok(ReplicationMode::Async),
+        "sync" => Ok(ReplicationMode::Sync),
+        _ => Err(InstanceError::InvalidSetting {
+            var,
+            reason: "expected `async` or `sync`".into(),
+        }),
     }
 }
 
@@ -305,6 +337,28 @@ mod tests {
         assert_eq!(c.agent_token.expose(), "tok");
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.log_level, "info");
+        assert_eq!(c.epoch, 0);
+        assert_eq!(c.replication_mode, ReplicationMode::Async);
+        assert_eq!(c.hold_crashed_primary_seconds, 0);
+        assert_eq!(c.replication_username, "ringmaster_replication");
+        assert_eq!(c.replication_password.expose(), "pw");
+    }
+
+    #[test]
+    fn replication_settings() {
+        let e = with(&[
+            ("RINGMASTER_EPOCH", "7"),
+            ("RINGMASTER_REPLICATION_MODE", "sync"),
+            ("RINGMASTER_HOLD_CRASHED_PRIMARY", "35"),
+            ("RINGMASTER_REPLICATION_USERNAME", "repl"),
+            ("RINGMASTER_REPLICATION_PASSWORD", "rpw"),
+        ]);
+        let c = Config::resolve(&InstanceArgs::default(), &env(&e)).unwrap();
+        assert_eq!(c.epoch, 7);
+        assert_eq!(c.replication_mode, ReplicationMode::Sync);
+        assert_eq!(c.hold_crashed_primary_seconds, 35);
+        assert_eq!(c.replication_username, "repl");
+        assert_eq!(c.replication_password.expose(), "rpw");
     }
 
     #[test]
@@ -381,6 +435,9 @@ mod tests {
             ("RINGMASTER_STOP_TIMEOUT", "-1"),
             ("RINGMASTER_PROBE_TIMEOUT", "0"),
             ("RINGMASTER_LOG_FORMAT", "xml"),
+            ("RINGMASTER_EPOCH", "-1"),
+            ("RINGMASTER_REPLICATION_MODE", "quorum"),
+            ("RINGMASTER_HOLD_CRASHED_PRIMARY", "soon"),
         ] {
             let e = with(&[(var, value)]);
             let err = Config::resolve(&InstanceArgs::default(), &env(&e)).unwrap_err();

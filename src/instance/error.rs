@@ -77,6 +77,24 @@ pub enum InstanceError {
     /// The agent was asked to stop before it finished starting.
     #[error("stopped before the server started")]
     Interrupted,
+    /// Talking to a server (this one or the upstream) failed.
+    #[error(transparent)]
+    Server(#[from] ProbeError),
+    /// A replication step did not do what it should have.
+    #[error("{0}")]
+    Replication(String),
+}
+
+impl From<tokio_postgres::Error> for InstanceError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Server(ProbeError::Postgres(e))
+    }
+}
+
+impl From<redis::RedisError> for InstanceError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Server(ProbeError::Redis(e))
+    }
 }
 
 impl InstanceError {

@@ -5,7 +5,12 @@
 //! | `GET /healthz` | 200 unless the server died and is no longer restarted |
 //! | `GET /readyz` | 200 when the server answers an authenticated probe now |
 //! | `GET /startupz` | 200 once the data directory is initialised and the server has answered |
-//! | `GET /status` | JSON, with `Authorization: Bearer <agent token>`; 401 otherwise |
+//! | `GET /status` | [`AgentStatus`] JSON, with `Authorization: Bearer <agent token>`; 401 otherwise |
+//! | `POST /role` | a [`RoleCommand`] (same token): 202 taken, 409 stale epoch ([`RoleAnswer`]) |
+//!
+//! [`AgentStatus`]: crate::api::agent::AgentStatus
+//! [`RoleCommand`]: crate::api::agent::RoleCommand
+//! [`RoleAnswer`]: crate::api::agent::RoleAnswer
 
 use std::sync::Arc;
 
@@ -13,11 +18,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
+use super::role::RoleCommand;
 use super::secret::Secret;
-use super::status::{Phase, Shared};
+use super::status::{Phase, Shared, Submitted};
 
 /// The API's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -26,6 +32,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/startupz", get(startupz))
         .route("/status", get(status))
+        .route("/role", post(role))
         .with_state(shared)
 }
 
@@ -82,18 +89,62 @@ async fn startupz(State(s): State<Arc<Shared>>) -> Answer {
     }
 }
 
+fn unauthorised() -> Response {
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        "a valid bearer token is required\n",
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
 async fn status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if !authorised(&headers, &s.config.agent_token) {
-        let mut r = (
-            StatusCode::UNAUTHORIZED,
-            "a valid bearer token is required\n",
-        )
-            .into_response();
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
+        return unauthorised();
     }
     axum::Json(s.status().await).into_response()
+}
+
+async fn role(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorised(&headers, &s.config.agent_token) {
+        return unauthorised();
+    }
+    let command: RoleCommand = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("invalid role command: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    match s.submit(&command) {
+        Ok(Submitted::Accepted(answer)) => {
+            tracing::info!(epoch = command.epoch, role = ?command.role,
+                upstream = ?command.upstream.as_ref().map(|u| u.address()),
+                replicas = ?command.replicas, "role command accepted");
+            (StatusCode::ACCEPTED, axum::Json(answer)).into_response()
+        }
+        Ok(Submitted::Stale(answer)) => {
+            tracing::warn!(
+                epoch = command.epoch,
+                held = answer.epoch,
+                "stale role command refused"
+            );
+            (StatusCode::CONFLICT, axum::Json(answer)).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "persisting the role command");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+        }
+    }
 }
 
 /// Whether `headers` carry `Authorization: Bearer <token>`.

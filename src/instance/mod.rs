@@ -5,26 +5,34 @@
 //!
 //! 1. reads its settings from the environment the operator sets
 //!    ([`config`], flags in [`args`] override it);
-//! 2. initialises the data directory on first start, crash-safely
-//!    ([`init`], [`datadir`]): `initdb` for PostgreSQL, a working directory for
-//!    Redis; every start re-renders the server configuration;
-//! 3. supervises the server as a child ([`supervisor`]), restarting it with
-//!    back-off, reaping every child as PID 1 must ([`reaper`]), and stopping it
-//!    cleanly on SIGTERM/SIGINT ([`signals`]);
-//! 4. serves `/healthz`, `/readyz`, `/startupz` and the authenticated `/status`
-//!    on the agent port ([`http`], [`status`]).
+//! 2. resolves the role it converges to: the operator's last `POST /role`
+//!    command persisted in the data directory, else the environment ([`role`]);
+//! 3. converges the server to it ([`converge`]): initialises the data directory
+//!    crash-safely ([`init`], [`datadir`]) — `initdb` or a clone of the upstream
+//!    for PostgreSQL, a working directory for Redis —, rewinds a former primary,
+//!    starts, promotes, demotes or fences the server, applies replication
+//!    settings live;
+//! 4. supervises the server as a child ([`supervisor`]), restarting it with
+//!    back-off, reaping every child as PID 1 must ([`reaper`]), killing its whole
+//!    process tree when fenced ([`process_tree`]), and stopping it cleanly on
+//!    SIGTERM/SIGINT ([`signals`]);
+//! 5. serves `/healthz`, `/readyz`, `/startupz`, the authenticated `/status` and
+//!    `POST /role` on the agent port ([`http`], [`status`]).
 //!
 //! What differs between PostgreSQL and Redis lives in [`engine`].
 
 pub mod args;
 pub mod config;
+pub mod converge;
 pub mod datadir;
 pub mod engine;
 pub mod error;
 pub mod fsutil;
 pub mod http;
 pub mod init;
+pub mod process_tree;
 pub mod reaper;
+pub mod role;
 pub mod secret;
 pub mod signals;
 pub mod status;
@@ -38,10 +46,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::args::InstanceArgs;
 use self::config::{Config, ProcessEnv};
+use self::converge::Converger;
+use self::datadir::DataDir;
 use self::engine::Engine;
 use self::reaper::Reaper;
+use self::role::{DesiredState, RoleFile};
 use self::status::Shared;
-use self::supervisor::{Outcome, Supervisor};
+use self::supervisor::Outcome;
 use crate::runtime::telemetry;
 
 /// How long the HTTP server may take to finish its requests at exit.
@@ -78,16 +89,14 @@ async fn run(config: Arc<Config>) -> anyhow::Result<Outcome> {
         pid = std::process::id(),
         "ringmaster instance agent starting"
     );
-    if config.role == config::Role::Replica {
-        tracing::warn!(
-            "replication is not implemented yet: the replica runs as a standalone server"
-        );
-    }
     let reaper = Reaper::start()?;
     let shutdown = CancellationToken::new();
     signals::forward(shutdown.clone())?;
     let engine = Arc::new(Engine::new(Arc::clone(&config))?);
-    let shared = Arc::new(Shared::new(Arc::clone(&config), engine));
+    let (desired, role_file) = desired_state(&config)?;
+    tracing::info!(epoch = desired.epoch, role = ?desired.role,
+        upstream = ?desired.upstream.as_ref().map(|u| u.address()), "desired state");
+    let shared = Arc::new(Shared::new(Arc::clone(&config), engine, desired, role_file));
 
     let addr = (config.bind, config.agent_port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -110,16 +119,26 @@ async fn run(config: Arc<Config>) -> anyhow::Result<Outcome> {
     result
 }
 
-/// Initialises the data directory, then supervises the server.
+/// The desired state to start with (role file over environment) and the role file.
+fn desired_state(config: &Config) -> anyhow::Result<(DesiredState, RoleFile)> {
+    DataDir::new(&config.data_dir)
+        .ensure()
+        .context("creating the data directory")?;
+    let file = RoleFile::new(&config.data_dir);
+    let persisted = file.load().context("reading the role file")?;
+    Ok((
+        DesiredState::resolve(persisted, DesiredState::from_config(config)),
+        file,
+    ))
+}
+
+/// Converges the server to its desired state until shutdown.
 async fn supervise(
     shared: &Arc<Shared>,
     reaper: Arc<Reaper>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Outcome> {
-    init::prepare(shared, &reaper)
-        .await
-        .context("initialising the data directory")?;
-    let outcome = Supervisor::new(Arc::clone(shared), reaper, shutdown)
+    let outcome = Converger::new(Arc::clone(shared), reaper, shutdown)
         .run()
         .await
         .context("supervising the server")?;

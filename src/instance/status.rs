@@ -1,12 +1,16 @@
-//! What the agent knows about its server, shared by the supervisor and the API.
+//! What the agent knows about its server, shared by the convergence loop and the
+//! API: the desired state (with its role file), the phase, the running server.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
+use tokio::sync::watch;
 
 use super::config::Config;
 use super::engine::{Engine, ProbeInfo};
-use super::error::ProbeError;
+use super::error::{InstanceError, ProbeError};
+use super::role::{DesiredState, Role, RoleCommand, RoleFile};
+use crate::api::agent::{AgentStatus, RoleAnswer};
 
 /// Where the server is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -14,18 +18,48 @@ use super::error::ProbeError;
 pub enum Phase {
     /// The data directory is being prepared.
     Initialising,
+    /// A replica's data directory is being copied from its upstream.
+    Cloning,
+    /// A former primary's data directory is being rewound to its upstream.
+    Rewinding,
+    /// A replica waits for the operator to name its upstream.
+    Waiting,
     /// The server runs and has not answered since it started.
     Starting,
     /// The server runs and has answered.
     Running,
     /// The server died and will be restarted after a back-off.
     BackingOff,
+    /// A crashed primary is held down so that the operator can fail over.
+    Held,
+    /// The server was killed on the operator's request and stays down.
+    Fenced,
     /// The server died too often: it is no longer restarted.
     Failed,
     /// The agent is stopping the server.
     Stopping,
     /// The server is stopped.
     Stopped,
+}
+
+impl Phase {
+    /// The phase as `/status` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Initialising => "initialising",
+            Self::Cloning => "cloning",
+            Self::Rewinding => "rewinding",
+            Self::Waiting => "waiting",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::BackingOff => "backingOff",
+            Self::Held => "held",
+            Self::Fenced => "fenced",
+            Self::Failed => "failed",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+        }
+    }
 }
 
 /// Mutable state of the instance.
@@ -37,6 +71,8 @@ pub struct State {
     pub data_dir_initialised: bool,
     /// Process id of the running server.
     pub pid: Option<u32>,
+    /// The role the running server was started in.
+    pub started_as: Option<Role>,
     /// When the running server was started.
     pub started_at: Option<jiff::Timestamp>,
     /// The server has answered a probe at least once (startup probe).
@@ -45,6 +81,8 @@ pub struct State {
     pub server_version: Option<String>,
     /// Restarts after unexpected exits since the agent started.
     pub restarts: u32,
+    /// The last error of converging to the desired state (cleared on success).
+    pub last_error: Option<String>,
 }
 
 impl Default for State {
@@ -53,41 +91,26 @@ impl Default for State {
             phase: Phase::Initialising,
             data_dir_initialised: false,
             pid: None,
+            started_as: None,
             started_at: None,
             answered_once: false,
             server_version: None,
             restarts: 0,
+            last_error: None,
         }
     }
 }
 
-/// The body of `GET /status`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatusBody {
-    /// `redis` or `postgres`.
-    pub engine: &'static str,
-    /// `primary` or `replica` (the role at creation, for now).
-    pub role: &'static str,
-    /// The server answered an authenticated probe just now.
-    pub server_up: bool,
-    /// The data directory is initialised.
-    pub data_dir_initialised: bool,
-    /// Server version, once known.
-    pub server_version: Option<String>,
-    /// Process id of the server while it runs.
-    pub pid: Option<u32>,
-    /// When the running server started (RFC 3339).
-    pub started_at: Option<String>,
-    /// Pod name.
-    pub pod_name: String,
-    /// Supervisor phase.
-    pub phase: Phase,
-    /// Restarts after unexpected exits.
-    pub restarts: u32,
+/// What `POST /role` did with a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// Taken (or already held): the agent converges to it.
+    Accepted(RoleAnswer),
+    /// Refused: its epoch is lower than the one held.
+    Stale(RoleAnswer),
 }
 
-/// State shared by the supervisor and the HTTP API.
+/// State shared by the convergence loop and the HTTP API.
 #[derive(Debug)]
 pub struct Shared {
     /// Settings.
@@ -95,15 +118,24 @@ pub struct Shared {
     /// The engine, for probes.
     pub engine: Arc<Engine>,
     state: Mutex<State>,
+    desired: watch::Sender<DesiredState>,
+    role_file: RoleFile,
 }
 
 impl Shared {
-    /// Fresh state for `engine`.
-    pub fn new(config: Arc<Config>, engine: Arc<Engine>) -> Self {
+    /// Fresh state for `engine`, converging to `desired` (persisted in `role_file`).
+    pub fn new(
+        config: Arc<Config>,
+        engine: Arc<Engine>,
+        desired: DesiredState,
+        role_file: RoleFile,
+    ) -> Self {
         Self {
             config,
             engine,
             state: Mutex::new(State::default()),
+            desired: watch::Sender::new(desired),
+            role_file,
         }
     }
 
@@ -119,6 +151,78 @@ impl Shared {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The desired state now.
+    pub fn desired(&self) -> DesiredState {
+        self.desired.borrow().clone()
+    }
+
+    /// A receiver notified of every accepted command.
+    pub fn subscribe(&self) -> watch::Receiver<DesiredState> {
+        self.desired.subscribe()
+    }
+
+    /// Takes a `POST /role` command: refuses a stale epoch, else persists it and
+    /// wakes the convergence loop (unless it asks for what is already held).
+    pub fn submit(&self, command: &RoleCommand) -> Result<Submitted, InstanceError> {
+        let mut outcome = Ok(None);
+        self.desired.send_if_modified(|held| {
+            if command.epoch < held.epoch {
+                return false;
+            }
+            if !held.differs_from(command) {
+                outcome = Ok(Some(false));
+                return false;
+            }
+            let next = DesiredState::from_command(command, held.last_server_role);
+            outcome = self.role_file.save(&next).map(|()| Some(true));
+            let saved = outcome.is_ok();
+            if saved {
+                *held = next;
+            }
+            saved
+        });
+        let held = self.desired.borrow().epoch;
+        Ok(match outcome? {
+            None => Submitted::Stale(RoleAnswer {
+                epoch: held,
+                accepted: false,
+                message: format!(
+                    "epoch {} is older than the epoch {held} the agent holds",
+                    command.epoch
+                ),
+            }),
+            Some(changed) => Submitted::Accepted(RoleAnswer {
+                epoch: held,
+                accepted: true,
+                message: if changed {
+                    format!("converging to {:?}", command.role).to_lowercase()
+                } else {
+                    "already held".into()
+                },
+            }),
+        })
+    }
+
+    /// Records (and persists) the role the server is about to be started in,
+    /// without waking the convergence loop.
+    pub fn record_server_role(&self, role: Role) -> Result<(), InstanceError> {
+        let mut result = Ok(());
+        self.desired.send_if_modified(|held| {
+            if held.last_server_role != Some(role) {
+                let next = DesiredState {
+                    last_server_role: Some(role),
+                    ..held.clone()
+                };
+                result = self.role_file.save(&next);
+                if result.is_ok() {
+                    *held = next;
+                }
+            }
+            false
+        });
+        result
     }
 
     /// Probes the server now (when it runs) and records what it learnt.
@@ -141,21 +245,54 @@ impl Shared {
         Ok(info)
     }
 
-    /// The `/status` body, with `server_up` from a probe made just now.
-    pub async fn status(&self) -> StatusBody {
+    /// The `/status` body, with `server_up`, `role` and `replication` from the
+    /// server just now.
+    pub async fn status(&self) -> AgentStatus {
         let server_up = self.probe().await.is_ok();
+        let (role, replication) = if server_up {
+            let (role, report) =
+                tokio::join!(self.engine.current_role(), self.engine.replication_report());
+            (role.ok(), report.ok())
+        } else {
+            (None, None)
+        };
         let s = self.snapshot();
-        StatusBody {
-            engine: self.config.engine.as_str(),
-            role: self.config.role.as_str(),
+        let desired = self.desired();
+        AgentStatus {
+            engine: self.config.engine.as_str().into(),
+            role: role.or(s.started_as),
+            desired_role: desired.role,
+            epoch: desired.epoch,
             server_up,
             data_dir_initialised: s.data_dir_initialised,
             server_version: s.server_version,
             pid: s.pid,
             started_at: s.started_at.map(|t| t.to_string()),
             pod_name: self.config.pod_name.clone(),
-            phase: s.phase,
+            phase: s.phase.as_str().into(),
             restarts: s.restarts,
+            replication,
+            last_error: s.last_error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_are_camel_case() {
+        for p in [
+            Phase::BackingOff,
+            Phase::Held,
+            Phase::Cloning,
+            Phase::Fenced,
+        ] {
+            assert_eq!(
+                serde_json::to_value(p).unwrap().as_str().unwrap(),
+                p.as_str()
+            );
         }
     }
 }

@@ -1,19 +1,16 @@
-//! Runs the server as a child, restarts it with back-off when it dies, and
-//! stops it cleanly when the agent is asked to stop.
+//! The server as a child process: starting it, stopping it cleanly or killing it
+//! with its whole process tree, and the back-off of restarts after crashes. The
+//! convergence loop ([`super::converge`]) decides when.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio_util::sync::CancellationToken;
 
 use super::engine::Engine;
 use super::error::InstanceError;
+use super::process_tree;
 use super::reaper::{Child, ExitStatus, Reaper};
+use super::role::Role;
 use super::status::{Phase, Shared};
-
-/// Interval between probes while waiting for a new server to answer.
-const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// When to restart a server that died.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +46,11 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Forgets the crashes so far (a new command came).
+    pub fn reset(&mut self) {
+        self.quick_crashes = 0;
+    }
+
     /// No crash yet.
     pub fn new(policy: RestartPolicy) -> Self {
         Self {
@@ -108,118 +110,68 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// What ended the wait on a running server.
-enum Event {
-    Exited(ExitStatus),
-    Shutdown,
+/// A running server: the child, the role it runs as, when it started.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// The role it was started in (a primary after a promotion).
+    pub role: Role,
+    /// It has answered a probe since it started.
+    pub answered: bool,
+    started: Instant,
 }
 
-/// Supervises one server.
-pub struct Supervisor {
-    shared: Arc<Shared>,
-    engine: Arc<Engine>,
-    reaper: Arc<Reaper>,
-    shutdown: CancellationToken,
-    policy: RestartPolicy,
-}
-
-impl Supervisor {
-    /// A supervisor that runs until `shutdown` is cancelled.
-    pub fn new(shared: Arc<Shared>, reaper: Arc<Reaper>, shutdown: CancellationToken) -> Self {
-        let policy = RestartPolicy::new(shared.config.max_restarts);
-        Self {
-            engine: Arc::clone(&shared.engine),
-            shared,
-            reaper,
-            shutdown,
-            policy,
-        }
-    }
-
-    /// Starts the server and keeps it running until shutdown.
-    pub async fn run(&self) -> Result<Outcome, InstanceError> {
-        let mut backoff = Backoff::new(self.policy);
-        loop {
-            if self.shutdown.is_cancelled() {
-                return Ok(self.stopped_idle());
-            }
-            let started = Instant::now();
-            let mut child = self.start()?;
-            let watcher = tokio::spawn(announce_ready(Arc::clone(&self.shared), started));
-            let event = tokio::select! {
-                status = child.wait() => Event::Exited(status),
-                () = self.shutdown.cancelled() => Event::Shutdown,
-            };
-            watcher.abort();
-            let status = match event {
-                Event::Shutdown => return Ok(self.stop(child).await),
-                Event::Exited(status) => status,
-            };
-            let ran_for = started.elapsed();
-            self.shared.update(|s| s.pid = None);
-            match backoff.after_exit(ran_for) {
-                Some(delay) => {
-                    tracing::warn!(%status, ?ran_for, ?delay, "the server exited unexpectedly; restarting it");
-                    if !self.wait_before_restart(delay).await {
-                        return Ok(self.stopped_idle());
-                    }
-                }
-                None => {
-                    tracing::error!(%status, restarts = self.policy.max_restarts,
-                        "the server keeps dying; giving up (liveness now fails)");
-                    self.shared.update(|s| s.phase = Phase::Failed);
-                    self.shutdown.cancelled().await;
-                    return Ok(self.stopped_idle());
-                }
-            }
-        }
-    }
-
-    /// Renders the configuration and spawns the server.
-    fn start(&self) -> Result<Child, InstanceError> {
-        self.engine.render_config()?;
-        let mut cmd = self.engine.server_command();
-        let child = self
-            .reaper
-            .spawn(&mut cmd, Some(self.engine.parent_death_signal()))?;
-        tracing::info!(pid = child.pid(), program = %cmd.get_program().to_string_lossy(), "server started");
-        self.shared.update(|s| {
+impl Server {
+    /// Spawns the engine's server command (secrets scrubbed, configuration already
+    /// rendered) in its own process group, and records it in the shared state.
+    pub fn start(shared: &Shared, reaper: &Reaper, role: Role) -> Result<Self, InstanceError> {
+        let engine = &shared.engine;
+        let mut cmd = engine.server_command();
+        let child = reaper.spawn(&mut cmd, Some(engine.parent_death_signal()))?;
+        tracing::info!(pid = child.pid(), role = role.as_str(),
+            program = %cmd.get_program().to_string_lossy(), "server started");
+        shared.update(|s| {
             s.phase = Phase::Starting;
             s.pid = Some(child.pid());
+            s.started_as = Some(role);
             s.started_at = Some(jiff::Timestamp::now());
         });
-        Ok(child)
+        Ok(Self {
+            child,
+            role,
+            answered: false,
+            started: Instant::now(),
+        })
     }
 
-    /// Sleeps `delay`; `false` when shutdown came first.
-    async fn wait_before_restart(&self, delay: Duration) -> bool {
-        self.shared.update(|s| s.phase = Phase::BackingOff);
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {
-                self.shared.update(|s| s.restarts += 1);
-                true
-            }
-            () = self.shutdown.cancelled() => false,
-        }
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
     }
 
-    /// Stops the server with the engine's plan, escalating after each wait.
-    async fn stop(&self, mut child: Child) -> Outcome {
-        self.shared.update(|s| s.phase = Phase::Stopping);
-        let plan = self.engine.stop_plan();
+    /// How long it has run.
+    pub fn ran_for(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits until it exits.
+    pub async fn wait(&mut self) -> ExitStatus {
+        self.child.wait().await
+    }
+
+    /// Stops it with the engine's plan, escalating after each wait; `forced`
+    /// when the first, clean step was not enough.
+    pub async fn stop(mut self, engine: &Engine) -> (ExitStatus, bool) {
+        let plan = engine.stop_plan();
         for (i, step) in plan.iter().enumerate() {
-            tracing::info!(pid = child.pid(), signal = %step.signal, "stopping the server");
-            child.signal(step.signal);
+            tracing::info!(pid = self.pid(), signal = %step.signal, "stopping the server");
+            self.child.signal(step.signal);
             let status = match step.wait {
-                Some(wait) => child.wait_timeout(wait).await,
-                None => Some(child.wait().await),
+                Some(wait) => self.child.wait_timeout(wait).await,
+                None => Some(self.child.wait().await),
             };
             if let Some(status) = status {
-                self.stopped_idle();
-                return Outcome::Stopped {
-                    status,
-                    forced: i > 0,
-                };
+                return (status, i > 0);
             }
             tracing::warn!(signal = %step.signal, wait = ?step.wait, "the server did not stop in time; escalating");
         }
@@ -227,26 +179,15 @@ impl Supervisor {
         unreachable!("a stop plan ends with a step that waits for the exit")
     }
 
-    fn stopped_idle(&self) -> Outcome {
-        self.shared.update(|s| {
-            s.pid = None;
-            s.phase = Phase::Stopped;
-        });
-        Outcome::NotRunning
-    }
-}
-
-/// Probes a freshly started server until it answers, and logs when it does.
-async fn announce_ready(shared: Arc<Shared>, started: Instant) {
-    loop {
-        match shared.probe().await {
-            Ok(info) => {
-                tracing::info!(version = %info.version, after = ?started.elapsed(), "the server answers");
-                return;
-            }
-            Err(e) => tracing::debug!(error = %e, "the server does not answer yet"),
-        }
-        tokio::time::sleep(STARTUP_PROBE_INTERVAL).await;
+    /// SIGKILLs it and every process it started, and waits for its exit.
+    pub async fn kill(mut self) -> ExitStatus {
+        let victims = process_tree::kill_tree(self.pid());
+        tracing::warn!(
+            pid = self.pid(),
+            processes = victims.len(),
+            "killed the server's processes"
+        );
+        self.child.wait().await
     }
 }
 

@@ -1,6 +1,7 @@
 //! Flags of `ringmaster operator`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::runtime::telemetry::LogFormat;
 
@@ -47,6 +48,16 @@ pub struct OperatorArgs {
     /// Seconds between two reconciliations of an unchanged object (status refresh).
     #[arg(long, env = "RINGMASTER_RESYNC_SECONDS", default_value_t = 60)]
     pub resync_seconds: u64,
+    /// How often a Shard with replicas is reconciled at least: its agents are asked
+    /// for their status and an unhealthy primary is detected (`500ms`, `1s`, `2m`).
+    #[arg(long, env = "RINGMASTER_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    pub health_interval: Duration,
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    crate::operator::shard::replication::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive duration such as 500ms, 1s or 2m"))
 }
 
 #[cfg(test)]
@@ -73,6 +84,7 @@ mod tests {
         assert!(args.namespaces.iter().all(String::is_empty));
         assert_eq!(args.http_addr.to_string(), "0.0.0.0:8080");
         assert!(args.leader_election);
+        assert_eq!(args.health_interval, Duration::from_secs(1));
         assert_eq!(
             args.image,
             format!(
@@ -92,7 +104,10 @@ mod tests {
             "text",
             "--image",
             "example/ringmaster:dev",
+            "--health-interval",
+            "500ms",
         ]);
+        assert_eq!(args.health_interval, Duration::from_millis(500));
         assert_eq!(args.namespaces, vec!["a", "b"]);
         assert!(!args.leader_election);
         assert_eq!(args.log_format, LogFormat::Text);

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -22,6 +22,8 @@ pub struct Settings {
     pub requeue: Duration,
     /// Whether to ask the instance agents' `/status` for their role.
     pub query_agents: bool,
+    /// How often a Shard with replicas is reconciled at least (health checks).
+    pub health_interval: Duration,
 }
 
 impl Default for Settings {
@@ -30,6 +32,7 @@ impl Default for Settings {
             agent_image: super::default_image(),
             requeue: Duration::from_secs(60),
             query_agents: true,
+            health_interval: Duration::from_secs(1),
         }
     }
 }
@@ -52,6 +55,8 @@ pub struct Context {
     pub backoff: Arc<Backoff>,
     /// The controllers' caches of their main objects, for the managed-objects gauge.
     pub stores: Stores,
+    /// When each object's status was last written (or first seen), by key.
+    pub status_writes: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Context {
@@ -64,7 +69,28 @@ impl Context {
             settings: Arc::new(settings),
             backoff: Arc::default(),
             stores: Arc::default(),
+            status_writes: Arc::default(),
         }
+    }
+
+    /// Records that the status of `key` was written now.
+    pub fn status_written(&self, key: &str) {
+        self.status_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_owned(), Instant::now());
+    }
+
+    /// How long ago the status of `key` was written; an object seen for the first
+    /// time counts as written now (a restarted operator does not rewrite every
+    /// status at once).
+    pub fn status_age(&self, key: &str) -> Duration {
+        self.status_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.to_owned())
+            .or_insert_with(Instant::now)
+            .elapsed()
     }
 
     /// Registers the cache of `controller`'s main objects.

@@ -115,21 +115,38 @@ mod tests {
 
     #[test]
     fn complete_secret_is_never_regenerated() {
-        let existing = secret_with(&["username", "password", "agent-token"]);
+        let all = [
+            "username",
+            "password",
+            "agent-token",
+            "replication-password",
+        ];
+        let existing = secret_with(&all);
         assert_eq!(plan(Some(&existing)), SecretPlan::Keep);
         // Extra keys (added by later versions or users) do not matter.
-        let extra = secret_with(&["username", "password", "agent-token", "router"]);
+        let extra = secret_with(&[&all[..], &["router"]].concat());
         assert_eq!(plan(Some(&extra)), SecretPlan::Keep);
     }
 
     #[test]
     fn only_deleted_keys_are_re_added() {
-        let existing = secret_with(&["username", "agent-token"]);
+        let existing = secret_with(&["username", "agent-token", "replication-password"]);
         assert_eq!(plan(Some(&existing)), SecretPlan::AddKeys(vec!["password"]));
+        // A Secret of an older version gets the replication password, nothing else.
+        let older = secret_with(&["username", "password", "agent-token"]);
+        assert_eq!(
+            plan(Some(&older)),
+            SecretPlan::AddKeys(vec!["replication-password"])
+        );
         let empty = Secret::default();
         assert_eq!(
             plan(Some(&empty)),
-            SecretPlan::AddKeys(vec!["username", "password", "agent-token"])
+            SecretPlan::AddKeys(vec![
+                "username",
+                "password",
+                "agent-token",
+                "replication-password"
+            ])
         );
     }
 
@@ -137,7 +154,7 @@ mod tests {
     fn generated_values_are_random_alphanumerics_and_the_superuser() {
         let values = generate(Engine::Postgres, &secret_key::ALL);
         assert_eq!(values["username"].0, b"postgres");
-        for key in ["password", "agent-token"] {
+        for key in ["password", "agent-token", "replication-password"] {
             let v = &values[key].0;
             assert_eq!(v.len(), SECRET_LENGTH);
             assert!(v.iter().all(u8::is_ascii_alphanumeric));

@@ -106,6 +106,36 @@ where
         .map_err(error::api("list", kind::<K>(), selector))
 }
 
+/// Whether `existing` already holds everything of `desired`: every field of an
+/// object, every element of an array (same length), every scalar equal. Fields the
+/// apiserver adds (defaults, status, metadata) do not matter, so an unchanged
+/// object need not be applied again.
+pub fn contains(existing: &serde_json::Value, desired: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (existing, desired) {
+        (Value::Object(e), Value::Object(d)) => d
+            .iter()
+            .all(|(k, v)| e.get(k).is_some_and(|ev| contains(ev, v))),
+        (Value::Array(e), Value::Array(d)) => {
+            e.len() == d.len() && e.iter().zip(d).all(|(ev, dv)| contains(ev, dv))
+        }
+        (e, d) => e == d,
+    }
+}
+
+/// Whether some object of `existing` named like `desired` already holds all of it.
+pub fn unchanged<K: Serialize + ResourceExt>(existing: &[K], desired: &K) -> bool {
+    let name = desired.name_any();
+    let Ok(wanted) = serde_json::to_value(desired) else {
+        return false;
+    };
+    existing
+        .iter()
+        .filter(|e| e.name_any() == name)
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .any(|e| contains(&e, &wanted))
+}
+
 /// The kind of a static resource type, for error messages.
 fn kind<K: Resource<DynamicType = ()>>() -> String {
     K::kind(&()).into_owned()
@@ -158,6 +188,18 @@ mod tests {
             "spec": spec,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn containment_ignores_added_fields_but_not_changed_ones() {
+        let existing = serde_json::json!({"a": 1, "b": {"c": [1, {"d": 2, "e": 3}]}, "f": "x"});
+        assert!(contains(
+            &existing,
+            &serde_json::json!({"b": {"c": [1, {"d": 2}]}})
+        ));
+        assert!(!contains(&existing, &serde_json::json!({"b": {"c": [1]}})));
+        assert!(!contains(&existing, &serde_json::json!({"a": 2})));
+        assert!(!contains(&existing, &serde_json::json!({"g": null})));
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod context;
 pub mod controllers;
 pub mod credentials;
 pub mod error;
+pub mod failpoint;
 #[cfg(test)]
 mod fixtures;
 pub mod kubeapi;
@@ -102,6 +103,7 @@ async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         agent_image: args.image.clone(),
         requeue: Duration::from_secs(args.resync_seconds.max(1)),
         query_agents: true,
+        health_interval: args.health_interval,
     };
     let ctx = Context::new(
         client.clone(),

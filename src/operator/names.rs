@@ -27,6 +27,11 @@ pub const AGENT_PORT: i32 = 8000;
 pub const DB_PORT_NAME: &str = "db";
 /// Name of the agent port.
 pub const AGENT_PORT_NAME: &str = "agent";
+/// The database user replicas connect as.
+pub const REPLICATION_USERNAME: &str = "ringmaster_replication";
+/// Pod annotation holding the last role command an instance's agent accepted (JSON;
+/// no secret in it), so an unchanged command is not sent again.
+pub const ROLE_COMMAND_ANNOTATION: &str = "ringmaster.dev/role-command";
 
 /// Label keys.
 pub mod label {
@@ -59,8 +64,10 @@ pub mod secret_key {
     pub const PASSWORD: &str = "password";
     /// Bearer token of the agents' `/status`.
     pub const AGENT_TOKEN: &str = "agent-token";
+    /// Password of the replication user `ringmaster_replication`.
+    pub const REPLICATION_PASSWORD: &str = "replication-password";
     /// Every key the operator maintains, in order.
-    pub const ALL: [&str; 3] = [USERNAME, PASSWORD, AGENT_TOKEN];
+    pub const ALL: [&str; 4] = [USERNAME, PASSWORD, AGENT_TOKEN, REPLICATION_PASSWORD];
 }
 
 /// `<cluster>-<index>`: the Shard of index `index`.

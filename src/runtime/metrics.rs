@@ -9,6 +9,9 @@
 //! | `ringmaster_reconcile_duration_seconds` | histogram (1 ms … 30 s) | `controller` |
 //! | `ringmaster_managed_objects` | gauge | `controller` |
 //! | `ringmaster_leader` | gauge (1 while this replica leads) | — |
+//! | `ringmaster_failovers_total` | counter | `kind` (`failover`, `switchover`), `namespace`, `shard` |
+//! | `ringmaster_failover_duration_seconds` | histogram (0.5 s … 5 min) | `kind` |
+//! | `ringmaster_replication_lag_bytes` | gauge | `namespace`, `shard`, `instance` |
 //!
 //! Other modules add their own metrics with [`Metrics::register`] (or
 //! [`Metrics::with_registry`] for sub-registries) at any time, also while serving.
@@ -31,6 +34,40 @@ pub const RECONCILE_DURATION_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Upper bounds (seconds) of the failover-duration buckets: 0.5 s to 5 min.
+pub const FAILOVER_DURATION_BUCKETS: [f64; 11] = [
+    0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 45.0, 60.0, 120.0, 300.0,
+];
+
+/// Label set `{kind, namespace, shard}` of completed failovers and switchovers.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    /// `failover` or `switchover`.
+    pub kind: String,
+    /// The Shard's namespace.
+    pub namespace: String,
+    /// The Shard's name.
+    pub shard: String,
+}
+
+/// Label set `{kind}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `failover` or `switchover`.
+    pub kind: String,
+}
+
+/// Label set `{namespace, shard, instance}` of per-instance series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// The Shard's namespace.
+    pub namespace: String,
+    /// The Shard's name.
+    pub shard: String,
+    /// The instance (Pod) name.
+    pub instance: String,
+}
+
 /// Label set `{controller}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -48,6 +85,7 @@ pub struct ErrorLabels {
 }
 
 type HistogramFamily = Family<ControllerLabels, Histogram, fn() -> Histogram>;
+type KindHistogramFamily = Family<KindLabels, Histogram, fn() -> Histogram>;
 
 /// The operator's metrics. Cheap to clone: every clone shares the same series.
 #[derive(Clone, Debug)]
@@ -63,6 +101,9 @@ struct Inner {
     reconcile_duration: HistogramFamily,
     managed_objects: Family<ControllerLabels, Gauge>,
     leader: Gauge,
+    failovers: Family<FailoverLabels, Counter>,
+    failover_duration: KindHistogramFamily,
+    replication_lag: Family<InstanceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -102,6 +143,27 @@ impl Metrics {
             "1 while this replica holds the leader Lease, else 0",
             leader.clone(),
         );
+        let failovers = Family::<FailoverLabels, Counter>::default();
+        let failover_duration: KindHistogramFamily =
+            Family::new_with_constructor(failover_histogram);
+        let replication_lag = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "failovers",
+            "Completed changes of primary (automatic failovers and switchovers)",
+            failovers.clone(),
+        );
+        registry.register_with_unit(
+            "failover_duration",
+            "Duration of a change of primary, from detection (failover) or decision \
+             (switchover) to the new primary accepting writes",
+            Unit::Seconds,
+            failover_duration.clone(),
+        );
+        registry.register(
+            "replication_lag_bytes",
+            "Bytes a replica is behind its primary",
+            replication_lag.clone(),
+        );
         let inner = Inner {
             registry: Mutex::new(registry),
             reconciles,
@@ -109,6 +171,9 @@ impl Metrics {
             reconcile_duration,
             managed_objects,
             leader,
+            failovers,
+            failover_duration,
+            replication_lag,
         };
         Self {
             inner: Arc::new(inner),
@@ -147,6 +212,48 @@ impl Metrics {
         self.inner.leader.set(i64::from(leading));
     }
 
+    /// Counts a completed change of primary of kind `kind` (`failover` or
+    /// `switchover`) of Shard `namespace/shard` that took `seconds`.
+    pub fn failover_completed(&self, kind: &str, namespace: &str, shard: &str, seconds: f64) {
+        let labels = FailoverLabels {
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            shard: shard.to_owned(),
+        };
+        self.inner.failovers.get_or_create(&labels).inc();
+        let kind = KindLabels {
+            kind: kind.to_owned(),
+        };
+        self.inner
+            .failover_duration
+            .get_or_create(&kind)
+            .observe(seconds);
+    }
+
+    /// Sets the replication lag of `instance` of Shard `namespace/shard`; `None`
+    /// removes the series (the instance is gone or its lag is unknown).
+    pub fn set_replication_lag(
+        &self,
+        namespace: &str,
+        shard: &str,
+        instance: &str,
+        bytes: Option<i64>,
+    ) {
+        let labels = InstanceLabels {
+            namespace: namespace.to_owned(),
+            shard: shard.to_owned(),
+            instance: instance.to_owned(),
+        };
+        match bytes {
+            Some(bytes) => {
+                self.inner.replication_lag.get_or_create(&labels).set(bytes);
+            }
+            None => {
+                self.inner.replication_lag.remove(&labels);
+            }
+        }
+    }
+
     /// Registers another metric (`name` gets the `ringmaster_` prefix).
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
         self.with_registry(|registry| registry.register(name, help, metric));
@@ -182,6 +289,10 @@ impl Metrics {
 
 fn duration_histogram() -> Histogram {
     Histogram::new(RECONCILE_DURATION_BUCKETS)
+}
+
+fn failover_histogram() -> Histogram {
+    Histogram::new(FAILOVER_DURATION_BUCKETS)
 }
 
 fn controller_labels(controller: &str) -> ControllerLabels {
@@ -354,11 +465,31 @@ mod tests {
     }
 
     #[test]
+    fn failovers_and_replication_lag_are_exported() {
+        let metrics = Metrics::new();
+        metrics.failover_completed("failover", "ns", "c-0", 7.5);
+        metrics.failover_completed("switchover", "ns", "c-0", 1.2);
+        metrics.set_replication_lag("ns", "c-0", "c-0-1", Some(4096));
+        metrics.set_replication_lag("ns", "c-0", "c-0-2", Some(1));
+        metrics.set_replication_lag("ns", "c-0", "c-0-2", None);
+        let text = metrics.encode();
+        for line in [
+            "ringmaster_failovers_total{kind=\"failover\",namespace=\"ns\",shard=\"c-0\"} 1",
+            "ringmaster_failovers_total{kind=\"switchover\",namespace=\"ns\",shard=\"c-0\"} 1",
+            "ringmaster_failover_duration_seconds_count{kind=\"failover\"} 1",
+            "ringmaster_replication_lag_bytes{namespace=\"ns\",shard=\"c-0\",instance=\"c-0-1\"} 4096",
+        ] {
+            assert!(text.contains(line), "{line} missing in:\n{text}");
+        }
+        assert!(!text.contains("c-0-2"), "{text}");
+    }
+
+    #[test]
     fn other_modules_can_register_metrics_later() {
         let metrics = Metrics::new();
-        let failovers = Counter::<u64>::default();
-        metrics.register("failovers", "Failovers performed", failovers.clone());
-        failovers.inc();
+        let widgets = Counter::<u64>::default();
+        metrics.register("widgets", "Widgets made", widgets.clone());
+        widgets.inc();
         metrics.with_registry(|registry| {
             registry.sub_registry_with_prefix("router").register(
                 "clients",
@@ -367,7 +498,7 @@ mod tests {
             )
         });
         let text = metrics.encode();
-        assert!(text.contains("ringmaster_failovers_total 1"), "{text}");
+        assert!(text.contains("ringmaster_widgets_total 1"), "{text}");
         assert!(text.contains("ringmaster_router_clients 0"), "{text}");
     }
 }

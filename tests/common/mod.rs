@@ -64,3 +64,26 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
         .unwrap_or_default();
     Ok((code, body))
 }
+
+pub mod load;
+pub mod operator;
+pub mod shards;
+
+/// What a reconcile of an unchanged Shard must leave alone: its generation, spec and
+/// status, without the replication figures that drift by design (positions and lags,
+/// refreshed in the status every few seconds while the servers exchange heartbeats).
+pub fn shard_fingerprint(shard: &ringmaster::api::Shard) -> String {
+    let mut status = shard.status.clone().unwrap_or_default();
+    status.max_lag_bytes = None;
+    for instance in &mut status.instances {
+        instance.position = None;
+        instance.lag_bytes = None;
+        instance.lag_seconds = None;
+    }
+    serde_json::json!({
+        "generation": shard.metadata.generation,
+        "spec": shard.spec,
+        "status": status,
+    })
+    .to_string()
+}

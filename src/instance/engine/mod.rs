@@ -1,11 +1,11 @@
-//! What differs between the engines: initialisation, configuration, the server
-//! command, how to stop it and how to probe it.
+//! What differs between the engines: initialisation, cloning and rewinding,
+//! configuration for a desired role, the server command, how to stop it, how to
+//! probe it, and what it does for replication while it runs.
 //!
-//! Each engine is one module; [`Engine`] dispatches to it. A new mode of
-//! starting (a replica cloned from a primary) adds a [`Replication`] variant
-//! that each engine's `initialise` and `render_config` handle.
-//!
-//! [`Replication`]: super::config::Replication
+//! Each engine is one module; [`Engine`] dispatches to it. Redis needs no clone
+//! (a replica starts empty and full-syncs) and no rewind (a full resync replaces
+//! its data), and demotes in place (`FAILOVER`); PostgreSQL clones with
+//! `pg_basebackup`, rewinds with `pg_rewind` and demotes by restarting as a standby.
 
 mod postgres;
 mod programs;
@@ -20,6 +20,8 @@ use nix::sys::signal::Signal;
 use super::config::{Config, EngineKind};
 use super::error::{InstanceError, ProbeError};
 use super::reaper::Reaper;
+use super::role::{DesiredState, Role, Upstream};
+use crate::api::agent::ReplicationReport;
 
 pub use self::postgres::Postgres;
 pub use self::redis::Redis;
@@ -39,6 +41,17 @@ pub struct StopStep {
     pub signal: Signal,
     /// How long to wait for the exit before escalating.
     pub wait: Option<Duration>,
+}
+
+/// Whether a stopped data directory must be rewound before it follows its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewindNeed {
+    /// It can start as a replica now.
+    No,
+    /// It must be rewound first (the upstream is a primary).
+    Yes,
+    /// It must be rewound, but the upstream is not a primary (yet).
+    WaitForUpstream,
 }
 
 /// The database engine of this instance.
@@ -68,7 +81,7 @@ impl Engine {
         }
     }
 
-    /// Initialises an empty data directory.
+    /// Initialises an empty data directory for a primary.
     pub async fn initialise(&self, reaper: &Reaper) -> Result<(), InstanceError> {
         match self {
             Self::Postgres(pg) => pg.initialise(reaper).await,
@@ -76,11 +89,128 @@ impl Engine {
         }
     }
 
-    /// Writes the server configuration from the current settings.
-    pub fn render_config(&self) -> Result<(), InstanceError> {
+    /// Initialises an empty data directory for a replica of `upstream`.
+    pub async fn clone_from(
+        &self,
+        upstream: &Upstream,
+        reaper: &Reaper,
+    ) -> Result<(), InstanceError> {
         match self {
-            Self::Postgres(pg) => pg.render_config(),
-            Self::Redis(r) => r.render_config(),
+            Self::Postgres(pg) => pg.clone_from(upstream, reaper).await,
+            Self::Redis(r) => r.initialise(),
+        }
+    }
+
+    /// Whether the stopped data directory, last started as `last_server_role`,
+    /// must be rewound before it follows `upstream`.
+    pub async fn rewind_need(
+        &self,
+        last_server_role: Option<Role>,
+        upstream: &Upstream,
+        reaper: &Reaper,
+    ) -> Result<RewindNeed, InstanceError> {
+        match self {
+            Self::Postgres(pg) => pg.rewind_need(last_server_role, upstream, reaper).await,
+            Self::Redis(_) => Ok(RewindNeed::No),
+        }
+    }
+
+    /// Rewinds the stopped data directory to `upstream`.
+    pub async fn rewind(&self, upstream: &Upstream, reaper: &Reaper) -> Result<(), InstanceError> {
+        match self {
+            Self::Postgres(pg) => pg.rewind(upstream, reaper).await,
+            Self::Redis(_) => Ok(()),
+        }
+    }
+
+    /// Moves a data directory that cannot be rewound aside, so that it is cloned
+    /// again; `None` when the engine never needs it.
+    pub fn set_aside(&self) -> Result<Option<std::path::PathBuf>, InstanceError> {
+        match self {
+            Self::Postgres(pg) => pg.set_aside().map(Some),
+            Self::Redis(_) => Ok(None),
+        }
+    }
+
+    /// Whether a primary becomes a replica while it runs (Redis `FAILOVER`,
+    /// `REPLICAOF`) rather than by a restart as a standby (PostgreSQL).
+    pub fn demotes_in_place(&self) -> bool {
+        matches!(self, Self::Redis(_))
+    }
+
+    /// Writes the server configuration for `desired`.
+    pub fn render_config(&self, desired: &DesiredState) -> Result<(), InstanceError> {
+        match self {
+            Self::Postgres(pg) => pg.render_config(desired),
+            Self::Redis(r) => r.render_config(desired),
+        }
+    }
+
+    /// Makes the running server a primary.
+    pub async fn promote(&self) -> Result<(), InstanceError> {
+        match self {
+            Self::Postgres(pg) => pg.promote().await,
+            Self::Redis(r) => r.promote().await,
+        }
+    }
+
+    /// Applies `desired` (already rendered) to the running server without a
+    /// restart: upstream, replica set, sync settings, replication user and slots.
+    pub async fn apply_live(&self, desired: &DesiredState) -> Result<(), InstanceError> {
+        match self {
+            Self::Postgres(pg) => pg.apply_live(desired).await,
+            Self::Redis(r) => r.apply_live(desired).await,
+        }
+    }
+
+    /// Hands the primary role to `upstream` while running and follows it
+    /// (engines that demote in place).
+    pub async fn switchover_to(&self, upstream: &Upstream) -> Result<(), InstanceError> {
+        match self {
+            Self::Postgres(_) => Err(InstanceError::Replication(
+                "PostgreSQL switches over by a restart as a standby".into(),
+            )),
+            Self::Redis(r) => r.switchover_to(upstream).await,
+        }
+    }
+
+    /// What the running server is now, within the probe deadline.
+    pub async fn current_role(&self) -> Result<Role, ProbeError> {
+        let deadline = self.probe_deadline();
+        let role = match self {
+            Self::Postgres(pg) => futures::future::Either::Left(pg.current_role()),
+            Self::Redis(r) => futures::future::Either::Right(r.current_role()),
+        };
+        tokio::time::timeout(deadline, role)
+            .await
+            .map_err(|_| ProbeError::Timeout(deadline))?
+    }
+
+    /// Whether `upstream` answers as a primary (PostgreSQL; Redis: always `false`, a
+    /// Redis replica resynchronises by itself and is never restarted to do so).
+    pub async fn upstream_is_primary(&self, upstream: &Upstream) -> bool {
+        match self {
+            Self::Postgres(pg) => pg.upstream_is_primary(upstream).await,
+            Self::Redis(_) => false,
+        }
+    }
+
+    /// Replication as the running server sees it, within the probe deadline.
+    pub async fn replication_report(&self) -> Result<ReplicationReport, ProbeError> {
+        let deadline = self.probe_deadline();
+        let report = match self {
+            Self::Postgres(pg) => futures::future::Either::Left(pg.replication_report()),
+            Self::Redis(r) => futures::future::Either::Right(r.replication_report()),
+        };
+        tokio::time::timeout(deadline, report)
+            .await
+            .map_err(|_| ProbeError::Timeout(deadline))?
+    }
+
+    fn probe_deadline(&self) -> Duration {
+        match self {
+            Self::Postgres(pg) => pg.probe_timeout(),
+            Self::Redis(r) => r.probe_timeout(),
         }
     }
 
@@ -129,5 +259,6 @@ impl Engine {
 /// Keeps the agent's secrets out of a child's environment.
 pub fn scrub_secrets(cmd: &mut Command) {
     cmd.env_remove("RINGMASTER_PASSWORD")
+        .env_remove("RINGMASTER_REPLICATION_PASSWORD")
         .env_remove("RINGMASTER_AGENT_TOKEN");
 }

@@ -95,7 +95,7 @@ fn complete_secret() -> Secret {
     yaml(
         r#"
 metadata: { name: cache-credentials, namespace: shop, resourceVersion: "7" }
-data: { username: ZGVmYXVsdA==, password: eHh4, agent-token: eXl5 }
+data: { username: ZGVmYXVsdA==, password: eHh4, agent-token: eXl5, replication-password: enp6 }
 "#,
     )
 }

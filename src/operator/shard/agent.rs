@@ -1,8 +1,9 @@
-//! Asks the instance agents' `GET /status` (Bearer token from the credentials
-//! Secret, 2 s deadline) what role their server runs in.
+//! The instance agents' API as the operator uses it: `GET /status` of every Pod
+//! with an IP, concurrently, and `POST /role`; Bearer token from the credentials
+//! Secret, 4 s deadline each (the agent probes its server for each answer).
 //!
-//! Best effort: an agent that does not answer is simply not reported; the status
-//! then falls back to the role the operator labelled.
+//! HTTP/1.0 over a plain TCP connection: the body ends with the connection, never
+//! chunked, which is all these two small JSON documents need.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,23 +11,21 @@ use std::time::Duration;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, ResourceExt};
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::plan::pod_ready;
-use super::status::AgentReport;
+use super::plan::terminating;
 use crate::api::Shard;
-use crate::api::shard::Role;
+use crate::api::agent::{AgentStatus, RoleAnswer, RoleCommand};
 use crate::operator::context::Context;
 use crate::operator::names::{self, AGENT_PORT, secret_key};
 
-/// Deadline of one `/status` request.
-pub const DEADLINE: Duration = Duration::from_secs(2);
+/// Deadline of one request.
+pub const DEADLINE: Duration = Duration::from_secs(4);
 /// Largest response read.
-const MAX_RESPONSE: u64 = 64 * 1024;
+const MAX_RESPONSE: u64 = 256 * 1024;
 
-/// Errors of one `/status` request.
+/// Errors of one request to an agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The agent did not answer within [`DEADLINE`].
@@ -35,30 +34,31 @@ pub enum AgentError {
     /// Connecting, writing or reading failed.
     #[error("talking to the agent: {0}")]
     Io(#[from] std::io::Error),
-    /// The response was not `200` with a status document.
+    /// The response was not the expected status and document.
     #[error("unexpected response: {0}")]
     Response(String),
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusBody {
-    role: Option<Role>,
-    #[serde(default)]
-    server_up: bool,
+/// The agent token of the shard's cluster, if the Secret holds one.
+pub async fn token(ctx: &Context, shard: &Shard) -> Option<String> {
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &shard.namespace().unwrap_or_default());
+    let secret = api
+        .get_opt(&names::secret_name(&shard.spec.cluster))
+        .await
+        .ok()??;
+    let bytes = secret.data?.remove(secret_key::AGENT_TOKEN)?;
+    String::from_utf8(bytes.0).ok()
 }
 
-/// Reports of the shard's ready Pods, by Pod name.
-pub async fn reports(ctx: &Context, shard: &Shard, pods: &[Pod]) -> BTreeMap<String, AgentReport> {
-    let Some(token) = token(ctx, shard).await else {
-        return BTreeMap::new();
-    };
-    let asks = pods.iter().filter(|p| pod_ready(p)).filter_map(|pod| {
+/// `/status` of every Pod that has an IP and is not being deleted, by Pod name;
+/// agents that do not answer are absent.
+pub async fn statuses(pods: &[Pod], token: &str) -> BTreeMap<String, AgentStatus> {
+    let asks = pods.iter().filter(|p| !terminating(p)).filter_map(|pod| {
         let ip = pod.status.as_ref()?.pod_ip.clone()?;
         let name = pod.name_any();
-        let token = token.clone();
         Some(async move {
-            match fetch(&ip, &token).await {
+            match status(&ip, token).await {
                 Ok(report) => Some((name, report)),
                 Err(error) => {
                     tracing::debug!(pod = %name, %error, "agent /status unavailable");
@@ -70,72 +70,146 @@ pub async fn reports(ctx: &Context, shard: &Shard, pods: &[Pod]) -> BTreeMap<Str
     join_all(asks).await.into_iter().flatten().collect()
 }
 
-/// The agent token of the shard's cluster, if the Secret holds one.
-async fn token(ctx: &Context, shard: &Shard) -> Option<String> {
-    let api: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &shard.namespace().unwrap_or_default());
-    let secret = api
-        .get_opt(&names::secret_name(&shard.spec.cluster))
-        .await
-        .ok()??;
-    let bytes = secret.data?.remove(secret_key::AGENT_TOKEN)?;
-    String::from_utf8(bytes.0).ok()
+/// `GET http://<ip>:8000/status`.
+pub async fn status(ip: &str, token: &str) -> Result<AgentStatus, AgentError> {
+    let response = exchange(ip, &request("GET", "/status", ip, token, None)).await?;
+    let (code, body) = split_response(&response)?;
+    if code != 200 {
+        return Err(AgentError::Response(format!("status {code}")));
+    }
+    serde_json::from_str(&body).map_err(|e| AgentError::Response(e.to_string()))
 }
 
-/// `GET http://<ip>:8000/status` with the token, within [`DEADLINE`].
-pub async fn fetch(ip: &str, token: &str) -> Result<AgentReport, AgentError> {
-    tokio::time::timeout(DEADLINE, fetch_unbounded(ip, token))
+/// `POST http://<ip>:8000/role` with `command`: the agent's answer, taken (202) or
+/// refused as stale (409).
+pub async fn send_role(
+    ip: &str,
+    token: &str,
+    command: &RoleCommand,
+) -> Result<RoleAnswer, AgentError> {
+    let body = serde_json::to_string(command).map_err(|e| AgentError::Response(e.to_string()))?;
+    let response = exchange(ip, &request("POST", "/role", ip, token, Some(&body))).await?;
+    let (code, body) = split_response(&response)?;
+    match code {
+        200..=299 | 409 => {
+            serde_json::from_str(&body).map_err(|e| AgentError::Response(e.to_string()))
+        }
+        _ => Err(AgentError::Response(format!(
+            "status {code}: {}",
+            body.trim()
+        ))),
+    }
+}
+
+/// The raw HTTP/1.0 request. The token goes on the wire only.
+fn request(method: &str, path: &str, ip: &str, token: &str, body: Option<&str>) -> String {
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {ip}:{AGENT_PORT}\r\nAuthorization: Bearer {token}\r\n"
+    );
+    if let Some(body) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        head.push_str("\r\n");
+    }
+    head
+}
+
+/// Sends `request` and reads the whole response, within [`DEADLINE`].
+async fn exchange(ip: &str, request: &str) -> Result<Vec<u8>, AgentError> {
+    let port = u16::try_from(AGENT_PORT).unwrap_or(8000);
+    let work = async {
+        let mut stream = TcpStream::connect((ip, port)).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.take(MAX_RESPONSE).read_to_end(&mut response).await?;
+        Ok::<_, AgentError>(response)
+    };
+    tokio::time::timeout(DEADLINE, work)
         .await
         .map_err(|_| AgentError::Timeout)?
 }
 
-async fn fetch_unbounded(ip: &str, token: &str) -> Result<AgentReport, AgentError> {
-    let mut stream = TcpStream::connect((ip, AGENT_PORT as u16)).await?;
-    // HTTP/1.0: the body ends with the connection, never chunked.
-    let request = format!(
-        "GET /status HTTP/1.0\r\nHost: {ip}:{AGENT_PORT}\r\nAuthorization: Bearer {token}\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.take(MAX_RESPONSE).read_to_end(&mut response).await?;
-    parse_response(&response)
-}
-
-/// Parses a raw HTTP response to `/status`.
-pub fn parse_response(response: &[u8]) -> Result<AgentReport, AgentError> {
+/// The status code and body of a raw HTTP response.
+pub fn split_response(response: &[u8]) -> Result<(u16, String), AgentError> {
     let text = String::from_utf8_lossy(response);
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| AgentError::Response("no header end".into()))?;
     let status_line = head.lines().next().unwrap_or_default();
-    let code = status_line.split_whitespace().nth(1).unwrap_or_default();
-    if code != "200" {
-        return Err(AgentError::Response(format!("status {code}")));
-    }
-    let body: StatusBody =
-        serde_json::from_str(body).map_err(|e| AgentError::Response(e.to_string()))?;
-    Ok(AgentReport {
-        role: body.role,
-        server_up: body.server_up,
-    })
+    let code = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| AgentError::Response(format!("bad status line {status_line:?}")))?;
+    Ok((code, body.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::agent::DesiredRole;
 
     #[test]
     fn parses_a_status_response() {
-        let raw = b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{\"engine\":\"redis\",\"role\":\"primary\",\"serverUp\":true}";
-        let report = parse_response(raw).unwrap();
-        assert_eq!(report.role, Some(Role::Primary));
-        assert!(report.server_up);
+        let raw = b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{\"engine\":\"redis\",\"role\":\"primary\",\"desiredRole\":\"primary\",\"epoch\":2,\"serverUp\":true,\"dataDirInitialised\":true,\"podName\":\"c-0-0\",\"phase\":\"running\",\"restarts\":0}";
+        let (code, body) = split_response(raw).unwrap();
+        assert_eq!(code, 200);
+        let status: AgentStatus = serde_json::from_str(&body).unwrap();
+        assert_eq!(status.desired_role, DesiredRole::Primary);
+        assert_eq!(status.epoch, 2);
+        assert!(status.server_up);
     }
 
     #[test]
-    fn rejects_unauthorised_and_garbage() {
-        assert!(parse_response(b"HTTP/1.0 401 Unauthorized\r\n\r\n").is_err());
-        assert!(parse_response(b"garbage").is_err());
-        assert!(parse_response(b"HTTP/1.0 200 OK\r\n\r\nnot json").is_err());
+    fn rejects_garbage() {
+        assert!(split_response(b"garbage").is_err());
+        assert!(split_response(b"HTTP/1.0 abc\r\n\r\n").is_err());
+        assert_eq!(
+            split_response(b"HTTP/1.0 401 Unauthorized\r\n\r\n")
+                .unwrap()
+                .0,
+            401
+        );
+    }
+
+    #[test]
+    fn a_post_carries_its_length_and_the_token() {
+        let r = request("POST", "/role", "10.0.0.1", "tok", Some("{}"));
+        assert!(r.starts_with("POST /role HTTP/1.0\r\n"), "{r}");
+        assert!(r.contains("Authorization: Bearer tok\r\n"), "{r}");
+        assert!(r.ends_with("Content-Length: 2\r\n\r\n{}"), "{r}");
+    }
+
+    #[tokio::test]
+    async fn role_commands_round_trip_through_a_fake_agent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = socket.read(&mut buf).await.unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            let answer = r#"{"epoch":3,"accepted":true,"message":"ok"}"#;
+            let response = format!("HTTP/1.1 202 Accepted\r\n\r\n{answer}");
+            socket.write_all(response.as_bytes()).await.unwrap();
+            text
+        });
+        // The fake listens on another port than the agent's: talk to it directly.
+        let command: RoleCommand = serde_json::from_str(r#"{"epoch":3,"role":"fenced"}"#).unwrap();
+        let body = serde_json::to_string(&command).unwrap();
+        let raw = request("POST", "/role", "127.0.0.1", "t", Some(&body));
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(raw.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let (code, body) = split_response(&response).unwrap();
+        assert_eq!(code, 202);
+        let answer: RoleAnswer = serde_json::from_str(&body).unwrap();
+        assert!(answer.accepted);
+        let seen = server.await.unwrap();
+        assert!(seen.contains("\"role\":\"fenced\""), "{seen}");
     }
 }

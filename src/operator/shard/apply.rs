@@ -1,23 +1,27 @@
-//! Applies a Shard's plan: Services, PVCs, Pods; one Event per action.
+//! Applies a Shard's plan: Services, PVCs, Pods; one Event per action. Services and
+//! PVCs that already hold what the plan wants are not applied again.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
-use super::plan::{Observed, Plan, requested_storage};
+use super::plan::{Observed, Plan, Relabel, requested_storage};
 use crate::api::Shard;
 use crate::operator::context::Context;
-use crate::operator::error::Result;
+use crate::operator::error::{self, Result};
 use crate::operator::kubeapi;
-use crate::operator::names::label;
+use crate::operator::names::{FIELD_MANAGER, label};
 
 /// Applies `plan` for `shard`: Services and PVCs first, so new Pods find them.
 pub async fn apply(ctx: &Context, shard: &Shard, observed: &Observed, plan: &Plan) -> Result<()> {
     let namespace = shard.namespace().unwrap_or_default();
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
     for service in &plan.services {
-        kubeapi::apply(&services, service).await?;
+        if !kubeapi::unchanged(&observed.services, service) {
+            kubeapi::apply(&services, service).await?;
+        }
     }
     apply_pvcs(ctx, shard, observed, plan).await?;
     apply_pods(ctx, shard, plan).await?;
@@ -33,6 +37,9 @@ async fn apply_pvcs(ctx: &Context, shard: &Shard, observed: &Observed, plan: &Pl
     for pvc in &plan.pvcs {
         let name = pvc.name_any();
         let wanted = requested_storage(pvc).unwrap_or_default().to_owned();
+        if kubeapi::unchanged(&observed.pvcs, pvc) {
+            continue;
+        }
         kubeapi::apply(&api, pvc).await?;
         match existing.get(&name) {
             None => {
@@ -56,11 +63,15 @@ async fn apply_pods(ctx: &Context, shard: &Shard, plan: &Plan) -> Result<()> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &shard.namespace().unwrap_or_default());
     let reference = kubeapi::shard_ref(shard);
     let replicas = shard.spec.replicas;
-    for pod in &plan.relabel_pods {
-        kubeapi::apply(&api, pod).await?;
-        let role = pod.labels().get(label::ROLE).cloned().unwrap_or_default();
-        let note = format!("labelled Pod {} with role {role}", pod.name_any());
-        ctx.normal(&reference, "RoleChanged", "Update", note).await;
+    for relabel in &plan.relabel_pods {
+        relabel_pod(&api, relabel).await?;
+        if let Some(role) = relabel.labels.get(label::ROLE) {
+            let note = match role {
+                Some(role) => format!("labelled Pod {} with role {role}", relabel.pod),
+                None => format!("removed the role label of Pod {}", relabel.pod),
+            };
+            ctx.normal(&reference, "RoleChanged", "Update", note).await;
+        }
     }
     for name in &plan.replace_pods {
         if kubeapi::delete(&api, name).await? {
@@ -101,4 +112,26 @@ async fn delete_pvcs(ctx: &Context, shard: &Shard, plan: &Plan) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sets and removes labels of a Pod with a JSON merge patch (a removal must not
+/// depend on which field manager set the label).
+async fn relabel_pod(api: &Api<Pod>, relabel: &Relabel) -> Result<()> {
+    let patch = serde_json::json!({ "metadata": { "labels": relabel.labels } });
+    match api
+        .patch(&relabel.pod, &merge_params(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if kubeapi::is_status(&e, 404) => Ok(()),
+        Err(e) => Err(error::api("patch", "Pod", relabel.pod.clone())(e)),
+    }
+}
+
+/// Merge-patch parameters with the operator's field manager.
+pub fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
 }

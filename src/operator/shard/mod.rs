@@ -1,13 +1,20 @@
-//! The Shard controller: observe → plan → apply → status.
+//! The Shard controller: observe → decide (replication) → record → plan → apply →
+//! act → status.
 //!
 //! It owns the shard's instance Pods (created directly, not through a StatefulSet),
-//! their PVCs and the shard's three Services.
+//! their PVCs and the shard's three Services, and decides which instance is primary
+//! (`docs/replication.md`): [`replication`] is the pure decision, [`execute`] records
+//! it before acting on it.
 
 pub mod agent;
 pub mod apply;
+pub mod execute;
 pub mod objects;
 pub mod observe;
 pub mod plan;
+pub mod replication;
+#[cfg(test)]
+mod replication_tests;
 pub mod status;
 #[cfg(test)]
 mod tests;
@@ -69,25 +76,113 @@ pub fn error_policy(obj: Arc<DynamicObject>, error: &super::Error, ctx: Arc<Cont
 }
 
 async fn reconcile_shard(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
-    let shard: Shard = kubeapi::parse(obj)?;
+    let mut shard: Shard = kubeapi::parse(obj)?;
     if shard.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let observed = observe::observe(ctx, &shard).await?;
-    let plan = plan::plan(&shard, &observed, &ctx.settings.agent_image)?;
-    apply::apply(ctx, &shard, &observed, &plan).await?;
-    let agents = if ctx.settings.query_agents {
-        agent::reports(ctx, &shard, &observed.pods).await
+    let token = if ctx.settings.query_agents {
+        agent::token(ctx, &shard).await
     } else {
-        Default::default()
+        None
+    };
+    let agents = match &token {
+        Some(token) => Some(agent::statuses(&observed.pods, token).await),
+        None => None,
     };
     let now = super::conditions::now_seconds();
-    let status = status::status(&shard, &plan, &observed.pods, &agents, &now);
-    if shard.status.as_ref() != Some(&status) {
+    let decision = replication::decide(&replication::Inputs {
+        shard: &shard,
+        pods: &observed.pods,
+        agents: agents.as_ref(),
+        now: now.0,
+    });
+    execute::record(ctx, &mut shard, &decision).await?;
+    if failover_pending(&shard) {
+        super::failpoint::hit("failover-recorded");
+    }
+    let plan = plan::plan(
+        &shard,
+        &observed,
+        &ctx.settings.agent_image,
+        &decision.labels,
+    )?;
+    apply::apply(ctx, &shard, &observed, &plan).await?;
+    if let Some(token) = &token {
+        execute::act(ctx, &shard, &decision, token).await?;
+    }
+    let status = status::status(
+        &shard,
+        &plan,
+        &observed.pods,
+        agents.as_ref(),
+        &decision,
+        &now,
+    );
+    export_lag(ctx, &shard, &status);
+    if should_write(ctx, &shard, &status) {
         let api: Api<Shard> =
             Api::namespaced(ctx.client.clone(), &shard.namespace().unwrap_or_default());
         kubeapi::apply_status(&api, &shard.name_any(), &status).await?;
+        ctx.status_written(&status_key(&shard));
         tracing::debug!(ready = ?status.ready, "status updated");
     }
-    Ok(Action::requeue(ctx.settings.requeue))
+    let watch_health = shard.spec.replicas > 0 || status.change.is_some();
+    Ok(Action::requeue(if watch_health {
+        ctx.settings.health_interval
+    } else {
+        ctx.settings.requeue
+    }))
+}
+
+/// Whether the recorded status holds a failover decided but not acted on yet.
+fn failover_pending(shard: &Shard) -> bool {
+    use crate::api::shard::{ChangeKind, ChangePhase};
+    shard
+        .status
+        .as_ref()
+        .and_then(|s| s.change.as_ref())
+        .is_some_and(|c| c.kind == ChangeKind::Failover && c.phase == ChangePhase::Pending)
+}
+
+/// How often replication figures that only drift (positions, lags) are refreshed in
+/// the status; the metrics have them at every reconciliation.
+pub const STATUS_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn status_key(shard: &Shard) -> String {
+    format!(
+        "Shard/{}/{}",
+        shard.namespace().unwrap_or_default(),
+        shard.name_any()
+    )
+}
+
+/// Whether to write `status`: when it changed in substance, or when only its
+/// drifting figures changed and they were last written [`STATUS_REFRESH`] ago.
+fn should_write(ctx: &Context, shard: &Shard, status: &crate::api::ShardStatus) -> bool {
+    let Some(previous) = &shard.status else {
+        return true;
+    };
+    if previous == status {
+        return false;
+    }
+    let tolerance = u64::try_from(shard.spec.failover.max_lag_bytes / 8).unwrap_or(0);
+    status::changed_significantly(previous, status, tolerance)
+        || ctx.status_age(&status_key(shard)) >= STATUS_REFRESH
+}
+
+/// Sets `ringmaster_replication_lag_bytes` of the shard's replicas, and removes the
+/// series of instances that are gone or have no known lag.
+fn export_lag(ctx: &Context, shard: &Shard, status: &crate::api::ShardStatus) {
+    let namespace = shard.namespace().unwrap_or_default();
+    let name = shard.name_any();
+    let previous = shard.status.iter().flat_map(|s| s.instances.iter());
+    for gone in previous.filter(|p| !status.instances.iter().any(|i| i.name == p.name)) {
+        ctx.metrics
+            .set_replication_lag(&namespace, &name, &gone.name, None);
+    }
+    for instance in &status.instances {
+        ctx.metrics
+            .set_replication_lag(&namespace, &name, &instance.name, instance.lag_bytes);
+    }
 }

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::replication;
 use crate::api::shard::Role;
 use crate::api::{PvcRetention, Shard};
 use crate::operator::names::{self, AGENT_PORT, AGENT_PORT_NAME, DB_PORT_NAME, label, secret_key};
@@ -86,8 +87,19 @@ impl<'a> Target<'a> {
     }
 }
 
-/// The instance Pod of `ordinal` with `role`, its init container from `agent_image`.
-pub fn pod(target: &Target<'_>, ordinal: i32, role: Role, agent_image: &str) -> Pod {
+/// How an instance starts: its role and the shard's epoch when its Pod is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Start {
+    /// `RINGMASTER_ROLE`.
+    pub role: Role,
+    /// `RINGMASTER_EPOCH`.
+    pub epoch: u64,
+}
+
+/// The instance Pod of `ordinal` starting as `start`, its init container from
+/// `agent_image`.
+pub fn pod(target: &Target<'_>, ordinal: i32, start: Start, agent_image: &str) -> Pod {
+    let role = start.role;
     let spec = &target.shard.spec;
     let name = names::pod_name(target.name, ordinal);
     let labels = names::pod_labels(spec.engine, target.cluster(), target.index(), &name, role);
@@ -105,7 +117,7 @@ pub fn pod(target: &Target<'_>, ordinal: i32, role: Role, agent_image: &str) -> 
                 ..PodSecurityContext::default()
             }),
             init_containers: Some(vec![install_agent(agent_image)]),
-            containers: vec![database(target, role)],
+            containers: vec![database(target, start)],
             volumes: Some(vec![
                 empty_dir(BIN_VOLUME),
                 empty_dir(RUN_VOLUME),
@@ -139,13 +151,13 @@ fn install_agent(agent_image: &str) -> Container {
     }
 }
 
-fn database(target: &Target<'_>, role: Role) -> Container {
+fn database(target: &Target<'_>, start: Start) -> Container {
     let spec = &target.shard.spec;
     Container {
         name: DB_CONTAINER.to_owned(),
         image: Some(spec.image.clone()),
         command: Some(vec![AGENT_BINARY.to_owned(), "instance".to_owned()]),
-        env: Some(env(target, role)),
+        env: Some(env(target, start)),
         ports: Some(vec![
             container_port(DB_PORT_NAME, spec.engine.port()),
             container_port(AGENT_PORT_NAME, AGENT_PORT),
@@ -167,19 +179,41 @@ fn database(target: &Target<'_>, role: Role) -> Container {
     }
 }
 
-fn env(target: &Target<'_>, role: Role) -> Vec<EnvVar> {
+/// Name of the environment variable holding the epoch a Pod was created at.
+pub const EPOCH_ENV: &str = "RINGMASTER_EPOCH";
+
+fn env(target: &Target<'_>, start: Start) -> Vec<EnvVar> {
     let spec = &target.shard.spec;
     let secret = names::secret_name(target.cluster());
+    let mode = serde_json::to_value(spec.replication.mode)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
     vec![
         value("RINGMASTER_ENGINE", spec.engine.as_str()),
         value("RINGMASTER_CLUSTER", target.cluster()),
         value("RINGMASTER_SHARD", &target.index().to_string()),
-        value("RINGMASTER_ROLE", role.as_str()),
+        value("RINGMASTER_ROLE", start.role.as_str()),
+        value(EPOCH_ENV, &start.epoch.to_string()),
+        value("RINGMASTER_REPLICATION_MODE", &mode),
+        value(
+            "RINGMASTER_HOLD_CRASHED_PRIMARY",
+            &replication::hold_seconds(spec).to_string(),
+        ),
         value("RINGMASTER_DATA_DIR", DATA_DIR),
         value("RINGMASTER_RUN_DIR", RUN_DIR),
         from_secret("RINGMASTER_USERNAME", &secret, secret_key::USERNAME),
         from_secret("RINGMASTER_PASSWORD", &secret, secret_key::PASSWORD),
         from_secret("RINGMASTER_AGENT_TOKEN", &secret, secret_key::AGENT_TOKEN),
+        value(
+            "RINGMASTER_REPLICATION_USERNAME",
+            names::REPLICATION_USERNAME,
+        ),
+        from_secret(
+            "RINGMASTER_REPLICATION_PASSWORD",
+            &secret,
+            secret_key::REPLICATION_PASSWORD,
+        ),
         from_field("POD_NAME", "metadata.name"),
         from_field("POD_NAMESPACE", "metadata.namespace"),
         from_field("POD_IP", "status.podIP"),
@@ -366,4 +400,21 @@ fn service_port(name: &str, port: i32) -> ServicePort {
         protocol: Some("TCP".to_owned()),
         ..ServicePort::default()
     }
+}
+
+/// The epoch a Pod was created at (its `RINGMASTER_EPOCH`), if it has one.
+pub fn created_epoch(pod: &Pod) -> Option<u64> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == DB_CONTAINER)?
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == EPOCH_ENV)?
+        .value
+        .as_deref()?
+        .parse()
+        .ok()
 }

@@ -3,9 +3,13 @@
 //! * The instances are the ordinals of [`desired_ordinals`]: the primary plus the
 //!   lowest other ordinals, so scaling up creates the next ordinals and scaling down
 //!   removes the highest-ordinal replicas, never the primary.
-//! * Missing Pods are created (same name, same PVC); Pods are never changed in place
-//!   except their role label. A Pod whose image differs from the spec is reported as
-//!   an update pending (rolling updates come later).
+//! * The instances are built around the replication state of the status
+//!   ([`State::anchor`]): `spec.primary` is a switchover request, handled by
+//!   [`super::replication`], not the immediate primary.
+//! * Missing Pods are created (same name, same PVC), starting as the state's primary
+//!   or as replicas at the state's epoch; Pods are never changed in place except
+//!   their labels (role, streaming). A Pod whose image differs from the spec is an
+//!   update pending, which the rolling update of [`super::replication`] handles.
 //! * PVCs are applied for every instance, never smaller than they are; those of
 //!   removed instances are deleted when `pvcRetention.whenScaled` is `Delete`.
 
@@ -15,7 +19,8 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use super::objects::{self, DB_CONTAINER, Target};
+use super::objects::{self, DB_CONTAINER, Start, Target};
+use super::replication::{Labels, State};
 use crate::api::shard::Role;
 use crate::api::{PvcRetention, Shard};
 use crate::operator::names::{self, label};
@@ -36,25 +41,26 @@ pub struct Observed {
     pub pods: Vec<Pod>,
     /// The shard's PVCs.
     pub pvcs: Vec<PersistentVolumeClaim>,
+    /// The shard's Services.
+    pub services: Vec<Service>,
 }
 
 /// The changes that bring a Shard's instances to its spec.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
-    /// Pod name of the primary.
+    /// Pod name of the primary (the target while a change of primary is in
+    /// progress).
     pub primary: String,
     /// The instances' ordinals.
     pub ordinals: BTreeSet<i32>,
-    /// `spec.primary` when it does not name an instance of this shard.
-    pub invalid_primary: Option<String>,
     /// Services to apply.
     pub services: Vec<Service>,
     /// PVCs to apply (one per instance).
     pub pvcs: Vec<PersistentVolumeClaim>,
     /// Pods to create.
     pub create_pods: Vec<Pod>,
-    /// Pods whose labels change (name, namespace and the full label set only).
-    pub relabel_pods: Vec<Pod>,
+    /// Pods whose labels change.
+    pub relabel_pods: Vec<Relabel>,
     /// Pods to delete because the shard shrank.
     pub delete_pods: Vec<String>,
     /// Pods to delete because they failed for good; they are recreated afterwards.
@@ -63,6 +69,15 @@ pub struct Plan {
     pub delete_pvcs: Vec<String>,
     /// Pods running another image than the spec's.
     pub update_pending: Vec<String>,
+}
+
+/// Labels of one Pod to set (`Some`) or remove (`None`), as a JSON merge patch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Relabel {
+    /// The Pod name.
+    pub pod: String,
+    /// The labels that change.
+    pub labels: BTreeMap<String, Option<String>>,
 }
 
 impl Plan {
@@ -84,38 +99,26 @@ pub fn desired_ordinals(instances: i32, primary: i32) -> BTreeSet<i32> {
     ordinals
 }
 
-/// The primary's ordinal and, when `spec.primary` names no instance of the shard,
-/// that value. Without a usable `spec.primary` the status's primary is kept, and a
-/// new shard starts with ordinal 0.
-pub fn primary_ordinal(shard: &Shard, name: &str) -> (i32, Option<String>) {
-    let fallback = || {
-        shard
-            .status
-            .as_ref()
-            .and_then(|s| s.primary.as_deref())
-            .and_then(|p| names::pod_ordinal(name, p))
-            .unwrap_or(0)
-    };
-    match shard.spec.primary.as_deref() {
-        Some(p) => match names::pod_ordinal(name, p) {
-            Some(ordinal) => (ordinal, None),
-            None => (fallback(), Some(p.to_owned())),
-        },
-        None => (fallback(), None),
-    }
-}
-
-/// Plans the instances of `shard`, whose init containers run `agent_image`.
-pub fn plan(shard: &Shard, observed: &Observed, agent_image: &str) -> Result<Plan, PlanError> {
+/// Plans the instances of `shard`, whose init containers run `agent_image`, around
+/// the replication state recorded in its status, with the replication `labels`.
+pub fn plan(
+    shard: &Shard,
+    observed: &Observed,
+    agent_image: &str,
+    labels: &Labels,
+) -> Result<Plan, PlanError> {
     let target = Target::new(shard).ok_or(PlanError::MissingMetadata)?;
-    let (primary, invalid_primary) = primary_ordinal(shard, target.name);
+    let state = State::of(shard);
+    let anchor = state.anchor().to_owned();
+    let primary = names::pod_ordinal(target.name, &anchor).unwrap_or(0);
     let ordinals = desired_ordinals(shard.spec.instances(), primary);
-    let role = |ordinal: i32| {
-        if ordinal == primary {
+    let start = |ordinal: i32| Start {
+        role: if ordinal == primary {
             Role::Primary
         } else {
             Role::Replica
-        }
+        },
+        epoch: state.start_epoch(),
     };
     let pods = by_ordinal(target.name, &observed.pods, |p| p.name_any());
     let pvcs = by_ordinal(target.name, &observed.pvcs, |p| {
@@ -126,7 +129,6 @@ pub fn plan(shard: &Shard, observed: &Observed, agent_image: &str) -> Result<Pla
     let mut plan = Plan {
         primary: names::pod_name(target.name, primary),
         ordinals: ordinals.clone(),
-        invalid_primary,
         services: objects::services(&target),
         ..Plan::default()
     };
@@ -137,11 +139,11 @@ pub fn plan(shard: &Shard, observed: &Observed, agent_image: &str) -> Result<Pla
         match pods.get(&ordinal) {
             None => {
                 plan.create_pods
-                    .push(objects::pod(&target, ordinal, role(ordinal), agent_image))
+                    .push(objects::pod(&target, ordinal, start(ordinal), agent_image))
             }
             Some(pod) if terminating(pod) => {}
             Some(pod) if failed(pod) => plan.replace_pods.push(pod.name_any()),
-            Some(pod) => plan_existing(&target, pod, role(ordinal), &mut plan),
+            Some(pod) => plan_existing(&target, pod, labels, &mut plan),
         }
     }
     for (ordinal, pod) in &pods {
@@ -160,20 +162,31 @@ pub fn plan(shard: &Shard, observed: &Observed, agent_image: &str) -> Result<Pla
 }
 
 /// Relabels `pod` if its labels differ, and notes an image that differs from spec.
-fn plan_existing(target: &Target<'_>, pod: &Pod, role: Role, plan: &mut Plan) {
+fn plan_existing(target: &Target<'_>, pod: &Pod, labels: &Labels, plan: &mut Plan) {
     let spec = &target.shard.spec;
     let name = pod.name_any();
-    let wanted = names::pod_labels(spec.engine, &spec.cluster, spec.index, &name, role);
-    let labels = pod.labels();
-    if wanted.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-        plan.relabel_pods.push(Pod {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(target.namespace.to_owned()),
-                labels: Some(wanted),
-                ..ObjectMeta::default()
-            },
-            ..Pod::default()
+    let mut wanted: BTreeMap<String, Option<String>> =
+        names::pvc_labels(spec.engine, &spec.cluster, spec.index, &name)
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+    let role = labels.role(&name).map(|r| r.as_str().to_owned());
+    wanted.insert(label::ROLE.to_owned(), role);
+    if let Some(streaming) = labels.streaming(&name) {
+        wanted.insert(
+            label::STREAMING.to_owned(),
+            streaming.then(|| "true".to_owned()),
+        );
+    }
+    let current = pod.labels();
+    let changes: BTreeMap<String, Option<String>> = wanted
+        .into_iter()
+        .filter(|(k, v)| current.get(k) != v.as_ref())
+        .collect();
+    if !changes.is_empty() {
+        plan.relabel_pods.push(Relabel {
+            pod: name.clone(),
+            labels: changes,
         });
     }
     if database_image(pod).is_some_and(|image| image != spec.image) {

@@ -1,4 +1,5 @@
-//! The status of a Shard, from its plan and its Pods (pure).
+//! The status of a Shard, from its plan, its Pods, its agents' reports and the
+//! replication decision (pure).
 
 use std::collections::BTreeMap;
 
@@ -7,15 +8,26 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::plan::{Plan, failed, pod_ready, restarted, terminating};
-use crate::api::shard::{InstanceStatus, Role};
+use super::replication::{Decision, format_position, parse_position};
+use crate::api::agent::AgentStatus;
+use crate::api::shard::{ChangeKind, ChangePhase, InstanceStatus, Role};
 use crate::api::{Shard, ShardStatus, condition};
 use crate::operator::conditions::{Desired, name_list, settle};
 use crate::operator::names;
 
-/// Reason of `ReplicationConfigured=False` until replication exists.
-pub const REPLICATION_NOT_CONFIGURED: &str = "NotConfigured";
+/// Reason of `ReplicationConfigured=True`: every ready replica streams.
+pub const STREAMING: &str = "Streaming";
+/// Reason of `ReplicationConfigured=True` for a shard without replicas.
+pub const NO_REPLICAS: &str = "NoReplicas";
+/// Reason of `ReplicationConfigured=False` and `Degraded=True`: replicas that do
+/// not stream.
+pub const REPLICAS_NOT_STREAMING: &str = "ReplicasNotStreaming";
+/// Reason of `ReplicationConfigured=False` when the agents cannot be asked.
+pub const AGENTS_UNAVAILABLE: &str = "AgentsUnavailable";
 /// Reason of `Progressing=True` while a Pod runs an image other than the spec's.
 pub const UPDATE_PENDING: &str = "UpdatePending";
+/// Reason of `Degraded=True` while the primary is unhealthy.
+pub const PRIMARY_UNHEALTHY: &str = "PrimaryUnhealthy";
 
 /// Reason of `Progressing=True` while Pods are being created or deleted.
 pub const SCALING: &str = "Scaling";
@@ -24,87 +36,122 @@ pub const INSTANCES_STARTING: &str = "InstancesStarting";
 /// Reason of `Progressing=False` while instances that ran are not ready.
 pub const INSTANCES_FAILING: &str = "InstancesFailing";
 
-/// What an instance agent's `/status` said.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AgentReport {
-    /// The role the agent runs its server in.
-    pub role: Option<Role>,
-    /// Whether its server is up.
-    pub server_up: bool,
-}
+/// What the agents said, by Pod name (`None`: they could not be asked).
+pub type Agents<'a> = Option<&'a BTreeMap<String, AgentStatus>>;
 
-/// The status of `shard` after `plan`, given its Pods (as observed before the plan
-/// was applied) and the agents' reports by Pod name. `now` stamps conditions that
-/// change status.
+/// The status of `shard` after `plan` and the replication `decision`, given its
+/// Pods (as observed before the plan was applied) and the agents' reports. `now`
+/// stamps conditions that change status.
 pub fn status(
     shard: &Shard,
     plan: &Plan,
     pods: &[Pod],
-    agents: &BTreeMap<String, AgentReport>,
+    agents: Agents<'_>,
+    decision: &Decision,
     now: &Time,
 ) -> ShardStatus {
     let name = shard.name_any();
     let previous = shard.status.clone().unwrap_or_default();
-    let instances = instances(&name, plan, pods, agents);
+    let instances = instances(shard, plan, pods, agents, decision);
     let ready_instances = count(instances.iter().filter(|i| i.ready));
     let desired = shard.spec.instances();
     let failing = failing(&name, plan, pods);
-    let desired_conditions = conditions(shard, plan, &instances, &failing);
-    ShardStatus {
+    let desired_conditions = conditions(shard, plan, &instances, &failing, agents, decision);
+    let mut status = ShardStatus {
         observed_generation: shard.metadata.generation,
-        primary: Some(plan.primary.clone()),
         ready_instances,
         ready: Some(format!("{ready_instances}/{desired}")),
-        max_lag_bytes: previous.max_lag_bytes,
+        max_lag_bytes: instances.iter().filter_map(|i| i.lag_bytes).max(),
         instances,
-        last_failover: previous.last_failover,
         conditions: settle(
             desired_conditions,
             &previous.conditions,
             shard.metadata.generation,
             now,
         ),
-    }
+        ..ShardStatus::default()
+    };
+    decision.state.write_to(&mut status);
+    status
 }
 
 /// The planned instances that have a Pod (not being deleted), by ordinal.
 fn instances(
-    shard: &str,
+    shard: &Shard,
     plan: &Plan,
     pods: &[Pod],
-    agents: &BTreeMap<String, AgentReport>,
+    agents: Agents<'_>,
+    decision: &Decision,
 ) -> Vec<InstanceStatus> {
+    let name = shard.name_any();
+    let engine = shard.spec.engine;
+    let previous = shard.status.clone().unwrap_or_default();
+    let agent = |pod: &str| agents.and_then(|a| a.get(pod));
+    let primary = &decision.state.primary;
+    let primary_position = agent(primary)
+        .filter(|a| a.role == Some(Role::Primary))
+        .and_then(|a| a.replication.as_ref())
+        .map(|r| r.position)
+        .or_else(|| {
+            let known = previous.instances.iter().find(|i| &i.name == primary)?;
+            parse_position(engine, known.position.as_deref()?)
+        });
     let mut found: Vec<(i32, InstanceStatus)> = pods
         .iter()
         .filter(|p| !terminating(p))
         .filter_map(|pod| {
             let pod_name = pod.name_any();
-            let ordinal = names::pod_ordinal(shard, &pod_name)?;
+            let ordinal = names::pod_ordinal(&name, &pod_name)?;
             if !plan.ordinals.contains(&ordinal) {
                 return None;
             }
-            let planned = if pod_name == plan.primary {
-                Role::Primary
-            } else {
-                Role::Replica
-            };
-            // What the agent reports wins; else the role the operator labelled.
-            let role = agents
-                .get(&pod_name)
-                .and_then(|a| a.role)
-                .unwrap_or(planned);
-            let status = InstanceStatus {
+            let before = previous.instances.iter().find(|i| i.name == pod_name);
+            let mut status = InstanceStatus {
                 pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
                 ready: pod_ready(pod),
-                role: Some(role),
+                role: decision.labels.role(&pod_name),
                 lag_bytes: None,
-                name: pod_name,
+                lag_seconds: None,
+                streaming: None,
+                // An agent that does not answer keeps its last known position: a
+                // failover measures the candidates' lag against it.
+                position: before.and_then(|b| b.position.clone()),
+                timeline: before.and_then(|b| b.timeline),
+                name: pod_name.clone(),
             };
+            if let Some(report) = agent(&pod_name) {
+                replication(&mut status, report, engine, primary_position);
+            }
             Some((ordinal, status))
         })
         .collect();
     found.sort_by_key(|(ordinal, _)| *ordinal);
     found.into_iter().map(|(_, s)| s).collect()
+}
+
+/// Fills the replication fields of `status` from its agent's `report`.
+fn replication(
+    status: &mut InstanceStatus,
+    report: &AgentStatus,
+    engine: crate::api::Engine,
+    primary_position: Option<u64>,
+) {
+    if report.role.is_some() {
+        status.role = report.role;
+    }
+    let Some(r) = &report.replication else {
+        return;
+    };
+    status.position = Some(format_position(engine, r.position));
+    status.timeline = r.timeline.or(status.timeline);
+    if status.role == Some(Role::Primary) {
+        return;
+    }
+    status.streaming = Some(r.streaming);
+    status.lag_seconds = r.lag_seconds;
+    let received = r.received.unwrap_or(r.position);
+    status.lag_bytes =
+        primary_position.map(|p| i64::try_from(p.saturating_sub(received)).unwrap_or(i64::MAX));
 }
 
 fn count<T>(it: impl Iterator<Item = T>) -> i32 {
@@ -126,17 +173,14 @@ fn conditions(
     plan: &Plan,
     instances: &[InstanceStatus],
     failing: &[String],
+    agents: Agents<'_>,
+    decision: &Decision,
 ) -> Vec<Desired> {
     vec![
         ready(shard, plan, instances),
-        progressing(plan, instances, failing),
-        degraded(shard, plan, instances),
-        Desired::no(
-            condition::REPLICATION_CONFIGURED,
-            REPLICATION_NOT_CONFIGURED,
-            "streaming replication is not set up yet: replicas run as standalone servers \
-             and do not follow the primary",
-        ),
+        progressing(plan, instances, failing, decision),
+        degraded(shard, instances, decision),
+        replication_configured(shard, instances, agents, decision),
     ]
 }
 
@@ -169,7 +213,33 @@ fn ready(shard: &Shard, plan: &Plan, instances: &[InstanceStatus]) -> Desired {
     )
 }
 
-fn progressing(plan: &Plan, instances: &[InstanceStatus], failing: &[String]) -> Desired {
+fn progressing(
+    plan: &Plan,
+    instances: &[InstanceStatus],
+    failing: &[String],
+    decision: &Decision,
+) -> Desired {
+    if let Some(change) = &decision.state.change {
+        let (reason, what) = match change.kind {
+            ChangeKind::Failover => ("Failover", "failing over"),
+            ChangeKind::Switchover => ("Switchover", "switching over"),
+        };
+        let step = match (change.phase, change.kind) {
+            (ChangePhase::Pending, ChangeKind::Failover) => format!("fencing {}", change.from),
+            (ChangePhase::Pending, ChangeKind::Switchover) => {
+                format!("stopping {} as a replica of {}", change.from, change.to)
+            }
+            (ChangePhase::Promoting, _) => format!("promoting {}", change.to),
+        };
+        return Desired::yes(
+            condition::PROGRESSING,
+            reason,
+            format!(
+                "{what} from {} to {} at epoch {}: {step} ({})",
+                change.from, change.to, change.epoch, change.reason
+            ),
+        );
+    }
     if plan.scales() || !plan.replace_pods.is_empty() {
         let mut parts = Vec::new();
         let created: Vec<String> = plan.create_pods.iter().map(|p| p.name_any()).collect();
@@ -189,8 +259,8 @@ fn progressing(plan: &Plan, instances: &[InstanceStatus], failing: &[String]) ->
             condition::PROGRESSING,
             UPDATE_PENDING,
             format!(
-                "{} run(s) an image other than the spec's; rolling updates are not \
-                 implemented yet, so the Pods keep their image until they are recreated",
+                "rolling update: {} run(s) an image other than the spec's; the replicas are \
+                 recreated one at a time, then the primary is switched over and updated last",
                 name_list(&plan.update_pending, 5)
             ),
         );
@@ -219,43 +289,151 @@ fn progressing(plan: &Plan, instances: &[InstanceStatus], failing: &[String]) ->
     )
 }
 
-fn degraded(shard: &Shard, plan: &Plan, instances: &[InstanceStatus]) -> Desired {
-    if let Some(p) = &plan.invalid_primary {
+fn degraded(shard: &Shard, instances: &[InstanceStatus], decision: &Decision) -> Desired {
+    if let Some(blocked) = &decision.blocked {
+        return Desired::yes(condition::DEGRADED, blocked.reason, blocked.message.clone());
+    }
+    let primary = &decision.state.primary;
+    if let Some(why) = &decision.unhealthy {
         return Desired::yes(
             condition::DEGRADED,
-            "InvalidPrimary",
+            PRIMARY_UNHEALTHY,
+            format!("the primary {primary} is unhealthy: {why}"),
+        );
+    }
+    if let Some(change) = &decision.state.change {
+        return Desired::yes(
+            condition::DEGRADED,
+            "ChangingPrimary",
             format!(
-                "spec.primary {p:?} is not an instance of this shard (expected {}-<ordinal>); \
-                 keeping {} as primary",
-                shard.name_any(),
-                plan.primary
+                "no primary accepts writes while {} replaces {}",
+                change.to, change.from
             ),
         );
     }
-    let primary_ready = instances.iter().any(|i| i.name == plan.primary && i.ready);
-    if !primary_ready {
+    if !instances.iter().any(|i| &i.name == primary && i.ready) {
         return Desired::yes(
             condition::DEGRADED,
             "PrimaryNotReady",
-            format!("the primary {} is not ready", plan.primary),
+            format!("the primary {primary} is not ready"),
         );
     }
     let wanted = shard.spec.replicas;
-    let ready_replicas = count(
-        instances
-            .iter()
-            .filter(|i| i.ready && i.name != plan.primary),
-    );
-    if ready_replicas < wanted {
+    let replicas = || instances.iter().filter(|i| &i.name != primary);
+    let ready = count(replicas().filter(|i| i.ready));
+    if ready < wanted {
         return Desired::yes(
             condition::DEGRADED,
             "ReplicasNotReady",
-            format!("{ready_replicas}/{wanted} replicas are ready"),
+            format!("{ready}/{wanted} replicas are ready"),
+        );
+    }
+    let streaming = count(replicas().filter(|i| i.ready && i.streaming == Some(true)));
+    if streaming < wanted {
+        return Desired::yes(
+            condition::DEGRADED,
+            REPLICAS_NOT_STREAMING,
+            format!("{streaming}/{wanted} replicas stream from the primary {primary}"),
         );
     }
     Desired::no(
         condition::DEGRADED,
         "AsExpected",
-        format!("the primary and {wanted} replica(s) are ready"),
+        format!("the primary and {wanted} replica(s) are ready and streaming"),
     )
+}
+
+fn replication_configured(
+    shard: &Shard,
+    instances: &[InstanceStatus],
+    agents: Agents<'_>,
+    decision: &Decision,
+) -> Desired {
+    let type_ = condition::REPLICATION_CONFIGURED;
+    if shard.spec.replicas == 0 {
+        return Desired::yes(type_, NO_REPLICAS, "the shard has no replicas");
+    }
+    if agents.is_none() {
+        return Desired::no(
+            type_,
+            AGENTS_UNAVAILABLE,
+            "the instance agents cannot be asked (no agent token in the credentials Secret)",
+        );
+    }
+    let primary = &decision.state.primary;
+    let replicas: Vec<&InstanceStatus> = instances
+        .iter()
+        .filter(|i| &i.name != primary && i.ready)
+        .collect();
+    let not_streaming: Vec<&str> = replicas
+        .iter()
+        .filter(|i| i.streaming != Some(true))
+        .map(|i| i.name.as_str())
+        .collect();
+    if replicas.is_empty() {
+        return Desired::no(
+            type_,
+            REPLICAS_NOT_STREAMING,
+            format!("no replica of {primary} is ready yet"),
+        );
+    }
+    if not_streaming.is_empty() {
+        return Desired::yes(
+            type_,
+            STREAMING,
+            format!(
+                "{} ready replica(s) stream from the primary {primary}",
+                replicas.len()
+            ),
+        );
+    }
+    Desired::no(
+        type_,
+        REPLICAS_NOT_STREAMING,
+        format!(
+            "{} do(es) not stream from the primary {primary}",
+            name_list(&not_streaming, 5)
+        ),
+    )
+}
+
+/// Whether `new` differs from `previous` in more than the replication figures that
+/// move all the time (positions, lags). Positions that moved more than `tolerance`
+/// bytes count as a change: a failover measures data loss against the recorded
+/// primary position.
+pub fn changed_significantly(previous: &ShardStatus, new: &ShardStatus, tolerance: u64) -> bool {
+    if steady(previous) != steady(new) {
+        return true;
+    }
+    let position = |s: &ShardStatus, name: &str| {
+        s.instances
+            .iter()
+            .find(|i| i.name == name)
+            .and_then(|i| i.position.clone())
+    };
+    new.instances.iter().any(|i| {
+        let before = position(previous, &i.name);
+        match (before.as_deref(), i.position.as_deref()) {
+            (Some(a), Some(b)) => distance(a, b).is_none_or(|d| d > tolerance),
+            (a, b) => a != b,
+        }
+    })
+}
+
+/// `status` without the figures that move all the time.
+fn steady(status: &ShardStatus) -> ShardStatus {
+    let mut s = status.clone();
+    s.max_lag_bytes = None;
+    for i in &mut s.instances {
+        i.position = None;
+        i.lag_bytes = None;
+        i.lag_seconds = None;
+    }
+    s
+}
+
+/// Bytes between two positions as the status writes them (LSN or decimal).
+fn distance(a: &str, b: &str) -> Option<u64> {
+    let parse = |p: &str| crate::api::agent::parse_lsn(p).or_else(|| p.parse::<u64>().ok());
+    Some(parse(a)?.abs_diff(parse(b)?))
 }

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 
 use super::objects::{AGENT_BINARY, DB_CONTAINER, INIT_CONTAINER};
 use super::plan::{Observed, Plan, desired_ordinals, plan};
-use super::status::{AgentReport, status};
+use super::replication::{Inputs, decide};
+use super::status::status;
+use crate::api::agent::{AgentStatus, DesiredRole, ReplicationReport};
 use crate::api::shard::Role;
 use crate::api::{Shard, ShardStatus};
 use crate::operator::fixtures::{load, running};
@@ -26,7 +28,74 @@ fn postgres_shard() -> Shard {
 }
 
 fn plan_for(shard: &Shard, observed: &Observed) -> Plan {
-    plan(shard, observed, AGENT_IMAGE).unwrap()
+    let decision = decide(&Inputs {
+        shard,
+        pods: &observed.pods,
+        agents: None,
+        now: now().0,
+    });
+    plan(shard, observed, AGENT_IMAGE, &decision.labels).unwrap()
+}
+
+/// An agent's report: `role`, server up, at epoch 0, at `position`.
+pub(super) fn report(name: &str, role: Role, position: u64, streaming: bool) -> AgentStatus {
+    let desired = match role {
+        Role::Primary => DesiredRole::Primary,
+        Role::Replica => DesiredRole::Replica,
+    };
+    AgentStatus {
+        engine: "redis".into(),
+        role: Some(role),
+        desired_role: desired,
+        epoch: 0,
+        server_up: true,
+        data_dir_initialised: true,
+        server_version: None,
+        pid: Some(42),
+        started_at: None,
+        pod_name: name.into(),
+        phase: "running".into(),
+        restarts: 0,
+        replication: Some(ReplicationReport {
+            position,
+            received: (role == Role::Replica).then_some(position),
+            replayed: (role == Role::Replica).then_some(position),
+            streaming,
+            lag_seconds: (role == Role::Replica).then_some(0.0),
+            ..ReplicationReport::default()
+        }),
+        last_error: None,
+    }
+}
+
+/// Every Pod's agent healthy: the first one primary, the others streaming in sync.
+fn healthy(observed: &Observed) -> BTreeMap<String, AgentStatus> {
+    observed
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let role = if i == 0 { Role::Primary } else { Role::Replica };
+            (p.name_any(), report(&p.name_any(), role, 1000, true))
+        })
+        .collect()
+}
+
+/// The status after deciding and planning with `agents`.
+fn status_for(
+    shard: &Shard,
+    observed: &Observed,
+    agents: Option<&BTreeMap<String, AgentStatus>>,
+    at: &Time,
+) -> ShardStatus {
+    let decision = decide(&Inputs {
+        shard,
+        pods: &observed.pods,
+        agents,
+        now: at.0,
+    });
+    let plan = plan(shard, observed, AGENT_IMAGE, &decision.labels).unwrap();
+    status(shard, &plan, &observed.pods, agents, &decision, at)
 }
 
 fn names<T: ResourceExt>(objects: &[T]) -> Vec<String> {
@@ -52,7 +121,11 @@ fn existing(shard: &Shard, ordinals: &[i32]) -> Observed {
         .into_iter()
         .filter(|p| keep(&p.name_any()))
         .collect();
-    Observed { pods, pvcs }
+    Observed {
+        pods,
+        pvcs,
+        services: Vec::new(),
+    }
 }
 
 fn pod<'a>(pods: &'a [Pod], name: &str) -> &'a Pod {
@@ -403,28 +476,43 @@ fn scaling_down_never_removes_a_high_ordinal_primary() {
 // ------------------------------------------------------------------ roles, images, volumes
 
 #[test]
-fn a_primary_edit_relabels_both_pods_only() {
+fn a_primary_edit_is_a_switchover_request_not_a_relabel() {
     let mut shard = redis_shard();
     let observed = existing(&shard, &[0, 1]);
+    shard.status = Some(ShardStatus {
+        primary: Some("cache-0-0".into()),
+        ..ShardStatus::default()
+    });
     shard.spec.primary = Some("cache-0-1".into());
     let plan = plan_for(&shard, &observed);
+    assert_eq!(plan.primary, "cache-0-0");
+    assert!(plan.relabel_pods.is_empty(), "{:?}", plan.relabel_pods);
+}
+
+#[test]
+fn a_new_primary_in_the_status_relabels_both_pods_only() {
+    let mut shard = redis_shard();
+    let observed = existing(&shard, &[0, 1]);
+    shard.status = Some(ShardStatus {
+        primary: Some("cache-0-1".into()),
+        ..ShardStatus::default()
+    });
+    let plan = plan_for(&shard, &observed);
     assert_eq!(plan.primary, "cache-0-1");
-    let roles: Vec<(String, String)> = plan
+    let roles: Vec<(String, Option<String>)> = plan
         .relabel_pods
         .iter()
-        .map(|p| (p.name_any(), p.labels()[label::ROLE].clone()))
+        .map(|p| (p.pod.clone(), p.labels[label::ROLE].clone()))
         .collect();
     assert_eq!(
         roles,
         [
-            ("cache-0-0".to_owned(), "replica".to_owned()),
-            ("cache-0-1".to_owned(), "primary".to_owned())
+            ("cache-0-0".to_owned(), Some("replica".to_owned())),
+            ("cache-0-1".to_owned(), Some("primary".to_owned()))
         ]
     );
-    // A relabel carries metadata only: nothing else of the Pod is changed.
-    let body = to_json(&plan.relabel_pods[0]);
-    assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
-    assert!(body.get("spec").is_none());
+    // Only the labels that change, nothing else of the Pod.
+    assert_eq!(plan.relabel_pods[0].labels.len(), 1);
     assert!(plan.create_pods.is_empty() && plan.delete_pods.is_empty());
 }
 
@@ -438,7 +526,43 @@ fn an_invalid_primary_keeps_the_current_one() {
     });
     let plan = plan_for(&shard, &existing(&shard, &[0, 1]));
     assert_eq!(plan.primary, "cache-0-1");
-    assert_eq!(plan.invalid_primary.as_deref(), Some("someone-else"));
+}
+
+#[test]
+fn pods_created_during_a_change_start_around_its_target_at_its_epoch() {
+    use crate::api::shard::{ChangeKind, ChangePhase, PrimaryChange};
+    let mut shard = redis_shard();
+    let mut observed = existing(&shard, &[0, 1]);
+    observed.pods.retain(|p| p.name_any() == "cache-0-1");
+    shard.status = Some(ShardStatus {
+        primary: Some("cache-0-0".into()),
+        epoch: 3,
+        change: Some(PrimaryChange {
+            kind: ChangeKind::Failover,
+            phase: ChangePhase::Promoting,
+            from: "cache-0-0".into(),
+            to: "cache-0-1".into(),
+            reason: "PrimaryUnhealthy".into(),
+            started_at: now(),
+            epoch: 3,
+            phase_since: None,
+        }),
+        ..ShardStatus::default()
+    });
+    let plan = plan_for(&shard, &observed);
+    assert_eq!(names(&plan.create_pods), ["cache-0-0"]);
+    let env = &plan.create_pods[0].spec.as_ref().unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(value("RINGMASTER_ROLE").as_deref(), Some("replica"));
+    assert_eq!(value("RINGMASTER_EPOCH").as_deref(), Some("3"));
+    assert_eq!(plan.create_pods[0].labels()[label::ROLE], "replica");
 }
 
 #[test]
@@ -503,11 +627,18 @@ fn condition<'a>(status: &'a ShardStatus, type_: &str) -> &'a crate::api::Condit
 }
 
 #[test]
-fn all_ready_shard_is_ready_but_not_replicating() {
+fn all_ready_streaming_shard_is_ready_and_replicating() {
     let shard = redis_shard();
     let observed = existing(&shard, &[0, 1]);
-    let plan = plan_for(&shard, &observed);
-    let status = status(&shard, &plan, &observed.pods, &BTreeMap::new(), &now());
+    let mut agents = healthy(&observed);
+    agents
+        .get_mut("cache-0-0")
+        .unwrap()
+        .replication
+        .as_mut()
+        .unwrap()
+        .position = 1500;
+    let status = status_for(&shard, &observed, Some(&agents), &now());
     assert_eq!(status.ready_instances, 2);
     assert_eq!(status.ready.as_deref(), Some("2/2"));
     assert_eq!(status.primary.as_deref(), Some("cache-0-0"));
@@ -524,15 +655,21 @@ fn all_ready_shard_is_ready_but_not_replicating() {
             ("cache-0-1", Some(Role::Replica), true, Some("127.20.0.11"))
         ]
     );
+    let replica = &status.instances[1];
+    assert_eq!(replica.streaming, Some(true));
+    assert_eq!(replica.lag_bytes, Some(500));
+    assert_eq!(replica.position.as_deref(), Some("1000"));
+    assert_eq!(status.instances[0].position.as_deref(), Some("1500"));
+    assert_eq!(status.instances[0].streaming, None);
+    assert_eq!(status.max_lag_bytes, Some(500));
     assert_eq!(condition(&status, "Ready").status, "True");
     assert_eq!(condition(&status, "Progressing").status, "False");
     assert_eq!(condition(&status, "Degraded").status, "False");
     let replication = condition(&status, "ReplicationConfigured");
     assert_eq!(
         (replication.status.as_str(), replication.reason.as_str()),
-        ("False", "NotConfigured")
+        ("True", "Streaming")
     );
-    assert!(replication.message.contains("standalone"));
     assert!(
         status
             .conditions
@@ -542,12 +679,93 @@ fn all_ready_shard_is_ready_but_not_replicating() {
 }
 
 #[test]
+fn postgres_positions_are_lsns() {
+    let shard = postgres_shard();
+    let observed = existing(&shard, &[0, 1, 2]);
+    let mut agents = healthy(&observed);
+    for a in agents.values_mut() {
+        let r = a.replication.as_mut().unwrap();
+        r.position = 0x1_0000_0100;
+        r.received = r.received.map(|_| r.position);
+        r.timeline = Some(2);
+    }
+    let status = status_for(&shard, &observed, Some(&agents), &now());
+    assert_eq!(status.instances[0].position.as_deref(), Some("1/100"));
+    assert_eq!(status.instances[1].timeline, Some(2));
+    assert_eq!(status.instances[1].lag_bytes, Some(0));
+}
+
+#[test]
+fn a_replica_that_does_not_stream_is_reported_and_not_labelled() {
+    let shard = redis_shard();
+    let observed = existing(&shard, &[0, 1]);
+    let mut agents = healthy(&observed);
+    agents
+        .get_mut("cache-0-1")
+        .unwrap()
+        .replication
+        .as_mut()
+        .unwrap()
+        .streaming = false;
+    let status = status_for(&shard, &observed, Some(&agents), &now());
+    let replication = condition(&status, "ReplicationConfigured");
+    assert_eq!(
+        (replication.status.as_str(), replication.reason.as_str()),
+        ("False", "ReplicasNotStreaming")
+    );
+    assert!(
+        replication.message.contains("cache-0-1"),
+        "{}",
+        replication.message
+    );
+    assert_eq!(
+        condition(&status, "Degraded").reason,
+        "ReplicasNotStreaming"
+    );
+    // Labels: streaming only on replicas that stream.
+    let decision = decide(&Inputs {
+        shard: &shard,
+        pods: &observed.pods,
+        agents: Some(&agents),
+        now: now().0,
+    });
+    let quiet = plan(&shard, &observed, AGENT_IMAGE, &decision.labels).unwrap();
+    assert!(quiet.relabel_pods.is_empty(), "{:?}", quiet.relabel_pods);
+    let streaming = healthy(&observed);
+    let decision = decide(&Inputs {
+        shard: &shard,
+        pods: &observed.pods,
+        agents: Some(&streaming),
+        now: now().0,
+    });
+    let labelled = plan(&shard, &observed, AGENT_IMAGE, &decision.labels).unwrap();
+    assert_eq!(labelled.relabel_pods.len(), 1);
+    assert_eq!(labelled.relabel_pods[0].pod, "cache-0-1");
+    assert_eq!(
+        labelled.relabel_pods[0].labels[label::STREAMING].as_deref(),
+        Some("true")
+    );
+}
+
+#[test]
+fn a_shard_without_replicas_is_replication_configured() {
+    let mut shard = redis_shard();
+    shard.spec.replicas = 0;
+    let observed = existing(&shard, &[0]);
+    let status = status_for(&shard, &observed, Some(&healthy(&observed)), &now());
+    let replication = condition(&status, "ReplicationConfigured");
+    assert_eq!(
+        (replication.status.as_str(), replication.reason.as_str()),
+        ("True", "NoReplicas")
+    );
+}
+
+#[test]
 fn a_replica_not_ready_degrades_the_shard() {
     let shard = redis_shard();
     let mut observed = existing(&shard, &[0, 1]);
     observed.pods[1] = running(observed.pods[1].clone(), "127.20.0.11", false);
-    let plan = plan_for(&shard, &observed);
-    let status = status(&shard, &plan, &observed.pods, &BTreeMap::new(), &now());
+    let status = status_for(&shard, &observed, Some(&healthy(&observed)), &now());
     assert_eq!(status.ready.as_deref(), Some("1/2"));
     let ready = condition(&status, "Ready");
     assert_eq!(
@@ -569,8 +787,7 @@ fn a_replica_not_ready_degrades_the_shard() {
 #[test]
 fn a_new_shard_reports_scaling_and_no_instances() {
     let shard = redis_shard();
-    let plan = plan_for(&shard, &Observed::default());
-    let status = status(&shard, &plan, &[], &BTreeMap::new(), &now());
+    let status = status_for(&shard, &Observed::default(), Some(&BTreeMap::new()), &now());
     assert_eq!(status.ready.as_deref(), Some("0/2"));
     assert!(status.instances.is_empty());
     let progressing = condition(&status, "Progressing");
@@ -580,6 +797,10 @@ fn a_new_shard_reports_scaling_and_no_instances() {
     );
     assert!(progressing.message.contains("cache-0-0, cache-0-1"));
     assert_eq!(condition(&status, "Degraded").reason, "PrimaryNotReady");
+    assert!(
+        status.primary_unhealthy_since.is_none(),
+        "a starting primary is not failing"
+    );
 }
 
 #[test]
@@ -587,12 +808,16 @@ fn update_pending_is_reported_as_progressing() {
     let mut shard = redis_shard();
     let observed = existing(&shard, &[0, 1]);
     shard.spec.image = "redis:7.2".into();
-    let plan = plan_for(&shard, &observed);
-    let status = status(&shard, &plan, &observed.pods, &BTreeMap::new(), &now());
+    let status = status_for(&shard, &observed, Some(&healthy(&observed)), &now());
     let progressing = condition(&status, "Progressing");
     assert_eq!(
         (progressing.status.as_str(), progressing.reason.as_str()),
         ("True", "UpdatePending")
+    );
+    assert!(
+        progressing.message.contains("rolling update"),
+        "{}",
+        progressing.message
     );
 }
 
@@ -600,15 +825,12 @@ fn update_pending_is_reported_as_progressing() {
 fn the_agents_report_wins_over_the_label() {
     let shard = redis_shard();
     let observed = existing(&shard, &[0, 1]);
-    let plan = plan_for(&shard, &observed);
-    let agents = BTreeMap::from([(
+    let mut agents = healthy(&observed);
+    agents.insert(
         "cache-0-1".to_owned(),
-        AgentReport {
-            role: Some(Role::Primary),
-            server_up: true,
-        },
-    )]);
-    let status = status(&shard, &plan, &observed.pods, &agents, &now());
+        report("cache-0-1", Role::Primary, 1000, false),
+    );
+    let status = status_for(&shard, &observed, Some(&agents), &now());
     assert_eq!(status.instances[1].role, Some(Role::Primary));
 }
 
@@ -616,22 +838,31 @@ fn the_agents_report_wins_over_the_label() {
 fn status_is_stable_and_times_move_only_on_transitions() {
     let mut shard = redis_shard();
     let observed = existing(&shard, &[0, 1]);
-    let plan = plan_for(&shard, &observed);
-    let first = status(&shard, &plan, &observed.pods, &BTreeMap::new(), &now());
+    let agents = healthy(&observed);
+    let first = status_for(&shard, &observed, Some(&agents), &now());
     shard.status = Some(first.clone());
-    let second = status(&shard, &plan, &observed.pods, &BTreeMap::new(), &later());
+    let second = status_for(&shard, &observed, Some(&agents), &later());
     assert_eq!(
         first, second,
         "an unchanged shard gets the identical status"
     );
 
-    let mut degraded = observed.clone();
-    degraded.pods[1] = running(degraded.pods[1].clone(), "127.20.0.11", false);
-    let third = status(&shard, &plan, &degraded.pods, &BTreeMap::new(), &later());
-    assert_eq!(condition(&third, "Ready").last_transition_time, later());
-    assert_eq!(condition(&third, "Degraded").last_transition_time, later());
+    let mut lagging = agents.clone();
+    lagging
+        .get_mut("cache-0-1")
+        .unwrap()
+        .replication
+        .as_mut()
+        .unwrap()
+        .streaming = false;
+    let third = status_for(&shard, &observed, Some(&lagging), &later());
     assert_eq!(
         condition(&third, "ReplicationConfigured").last_transition_time,
+        later()
+    );
+    assert_eq!(condition(&third, "Degraded").last_transition_time, later());
+    assert_eq!(
+        condition(&third, "Ready").last_transition_time,
         now(),
         "unchanged conditions keep their time"
     );
@@ -661,8 +892,7 @@ fn a_restarted_instance_is_failing_not_starting() {
             ..Default::default()
         }]);
     observed.pods[1] = replica;
-    let plan = plan_for(&shard, &observed);
-    let status = status(&shard, &plan, &observed.pods, &BTreeMap::new(), &now());
+    let status = status_for(&shard, &observed, Some(&healthy(&observed)), &now());
     let progressing = condition(&status, "Progressing");
     assert_eq!(
         (progressing.status.as_str(), progressing.reason.as_str()),
@@ -670,4 +900,37 @@ fn a_restarted_instance_is_failing_not_starting() {
     );
     assert!(progressing.message.contains("cache-0-1"));
     assert_eq!(condition(&status, "Degraded").reason, "ReplicasNotReady");
+}
+
+#[test]
+fn drifting_positions_are_not_a_significant_change() {
+    use super::status::changed_significantly;
+    let shard = redis_shard();
+    let observed = existing(&shard, &[0, 1]);
+    let agents = healthy(&observed);
+    let first = status_for(&shard, &observed, Some(&agents), &now());
+    let mut drifted = agents.clone();
+    for a in drifted.values_mut() {
+        let r = a.replication.as_mut().unwrap();
+        r.position += 14;
+        r.received = r.received.map(|p| p + 14);
+        r.lag_seconds = r.lag_seconds.map(|_| 7.0);
+    }
+    let second = status_for(&shard, &observed, Some(&drifted), &now());
+    assert_ne!(first, second);
+    assert!(!changed_significantly(&first, &second, 1024));
+    assert!(
+        changed_significantly(&first, &second, 10),
+        "beyond the tolerance"
+    );
+    let mut not_streaming = drifted.clone();
+    not_streaming
+        .get_mut("cache-0-1")
+        .unwrap()
+        .replication
+        .as_mut()
+        .unwrap()
+        .streaming = false;
+    let third = status_for(&shard, &observed, Some(&not_streaming), &now());
+    assert!(changed_significantly(&first, &third, 1024));
 }

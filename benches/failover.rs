@@ -1,0 +1,194 @@
+//! Failover time and acknowledged-write loss on the local cluster.
+//!
+//! For each engine (Redis, PostgreSQL) and replication mode (async, sync): a
+//! one-shard ShardedCluster with 2 replicas and `failover.unhealthyAfter: 2s`, a
+//! continuous writer of unique acknowledged writes through the `-rw` Service, then
+//! `TRIALS` times: `SIGKILL` of the primary's server process group → measure the time
+//! from the kill to the first acknowledged write that started after it (on the new
+//! primary), and audit every acknowledged write of the trial on the new primary.
+//! Between trials the bench waits until the old primary has rejoined as a streaming
+//! replica.
+//!
+//! Baseline, same run: the same kill on a shard without replicas, where the instance
+//! agent restarts the server in place (no failover) — the time a crash costs when
+//! nothing has to be decided.
+//!
+//! Run with `cargo bench -p ringmaster --bench failover` (part of `make bench`);
+//! `RINGMASTER_BENCH_FAILOVER_TRIALS` (default 10) sets the trials per combination.
+//! Needs the binaries: `cargo build --workspace --bins` first.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::install_crds;
+use common::load::{self, Writer};
+use common::operator::Operator;
+use common::shards::ShardUnderTest;
+use nix::sys::signal::Signal;
+use ringmaster_e2e::Cluster;
+
+const READY: Duration = Duration::from_secs(180);
+const FAILOVER: Duration = Duration::from_secs(90);
+const MAX_WRITES: u64 = 1_000_000;
+const WRITER_TIME: Duration = Duration::from_secs(120);
+
+/// One trial's result.
+struct Trial {
+    /// Kill → first acknowledged write started after the kill.
+    recovery: Duration,
+    acked: usize,
+    missing: usize,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let trials: usize = std::env::var("RINGMASTER_BENCH_FAILOVER_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let cluster = Cluster::shared();
+    install_crds(cluster).await;
+    println!("failover benchmark: {trials} trial(s) per combination, unhealthyAfter 2s");
+    println!(
+        "{:<9} {:<6} {:>9} {:>9} {:>9} {:>10} {:>9}",
+        "engine", "mode", "p50 (s)", "max (s)", "baseline", "acked", "lost"
+    );
+    for engine in ["redis", "postgres"] {
+        let baseline = run(cluster, engine, false, 0, trials.min(5)).await;
+        let baseline_p50 = percentile(&baseline, 0.5);
+        for sync in [false, true] {
+            let results = run(cluster, engine, sync, 2, trials).await;
+            let p50 = percentile(&results, 0.5);
+            let max = percentile(&results, 1.0);
+            let acked: usize = results.iter().map(|t| t.acked).sum();
+            let lost: usize = results.iter().map(|t| t.missing).sum();
+            println!(
+                "{engine:<9} {:<6} {:>9.2} {:>9.2} {:>9.2} {acked:>10} {lost:>9}   (failover p50 = {:.1}x the in-place restart)",
+                if sync { "sync" } else { "async" },
+                p50.as_secs_f64(),
+                max.as_secs_f64(),
+                baseline_p50.as_secs_f64(),
+                p50.as_secs_f64() / baseline_p50.as_secs_f64().max(1e-3),
+            );
+        }
+    }
+}
+
+fn percentile(trials: &[Trial], q: f64) -> Duration {
+    let mut v: Vec<Duration> = trials.iter().map(|t| t.recovery).collect();
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v.get(i).copied().unwrap_or_default()
+}
+
+/// `trials` kills on a fresh shard with `replicas` replicas.
+async fn run(
+    cluster: &'static Cluster,
+    engine: &'static str,
+    sync: bool,
+    replicas: i32,
+    trials: usize,
+) -> Vec<Trial> {
+    let name = format!(
+        "bench-fo-{engine}-{}-{replicas}",
+        if sync { "sync" } else { "async" }
+    );
+    let namespace = cluster.namespace(&name).await;
+    let operator = Operator::spawn(
+        cluster,
+        env!("CARGO_BIN_EXE_ringmaster"),
+        namespace.name(),
+        &["--leader-election=false"],
+        &[],
+    );
+    let client = cluster.client().await;
+    let shard = ShardUnderTest::create(
+        &client,
+        namespace.name(),
+        &name,
+        engine,
+        sync,
+        replicas,
+        "2s",
+    )
+    .await
+    .expect("creating the cluster");
+    let fail = |what: &str, e: anyhow::Error| -> ! {
+        panic!("{name}: {what}: {e:#}\n{}", operator.log_tail())
+    };
+    shard
+        .wait_healthy(READY)
+        .await
+        .unwrap_or_else(|e| fail("ready", e));
+    let target = shard.rw_target().await.unwrap();
+    load::prepare(&target, READY)
+        .await
+        .unwrap_or_else(|e| fail("audit table", e));
+    let mut results = Vec::new();
+    let mut next_id = 1;
+    for trial in 0..trials {
+        let primary = shard
+            .wait_healthy(READY)
+            .await
+            .unwrap_or_else(|e| fail("healthy before a trial", e));
+        let writer = Writer::start(target.clone(), next_id, MAX_WRITES, WRITER_TIME);
+        next_id += MAX_WRITES;
+        wait_acked(&writer, 20)
+            .await
+            .unwrap_or_else(|e| fail("writer", e));
+        let killed = Instant::now();
+        shard
+            .signal_server(&primary, Signal::SIGKILL)
+            .await
+            .unwrap_or_else(|e| fail("kill", e));
+        if replicas > 0 {
+            shard
+                .wait_primary_change(&primary, FAILOVER)
+                .await
+                .unwrap_or_else(|e| fail("failover", e));
+        }
+        let resumed = writer.acked() + 10;
+        wait_acked(&writer, resumed)
+            .await
+            .unwrap_or_else(|e| fail("writes resuming", e));
+        let report = writer.finish().await;
+        let first = report
+            .first_ack_started_after(killed)
+            .expect("a write acknowledged after the kill");
+        let missing = load::missing(&target, &report.ids())
+            .await
+            .unwrap_or_else(|e| fail("audit", e));
+        eprintln!(
+            "  {name} trial {trial}: {:.2} s, {} acknowledged, {} lost",
+            (first.acked - killed).as_secs_f64(),
+            report.acks.len(),
+            missing.len()
+        );
+        results.push(Trial {
+            recovery: first.acked - killed,
+            acked: report.acks.len(),
+            missing: missing.len(),
+        });
+    }
+    drop(operator);
+    results
+}
+
+async fn wait_acked(writer: &Writer, n: u64) -> anyhow::Result<()> {
+    ringmaster_e2e::wait_for(
+        "acknowledged writes",
+        FAILOVER,
+        common::shards::POLL,
+        || async {
+            let acked = writer.acked();
+            if acked >= n {
+                Ok(Some(()))
+            } else {
+                Err(anyhow::anyhow!("{acked} acknowledged"))
+            }
+        },
+    )
+    .await
+}

@@ -1,0 +1,18 @@
+//! Fault injection for tests of crash recovery: with `RINGMASTER_FAILPOINT=<name>` in
+//! its environment the operator aborts (no clean-up, like `kill -9`) when it reaches
+//! the point `<name>`. Unset in production; every point is a no-op then.
+//!
+//! | point | where |
+//! |---|---|
+//! | `failover-recorded` | right after a failover decision (phase `Pending`) is written to the Shard's status, before the old primary is fenced |
+
+/// The variable that arms a fail point.
+pub const VARIABLE: &str = "RINGMASTER_FAILPOINT";
+
+/// Aborts the process when `name` is the armed fail point.
+pub fn hit(name: &str) {
+    if std::env::var(VARIABLE).is_ok_and(|armed| armed == name) {
+        tracing::error!(failpoint = name, "fail point reached: aborting");
+        std::process::abort();
+    }
+}
