@@ -250,9 +250,10 @@ impl Shared {
     pub async fn status(&self) -> AgentStatus {
         let server_up = self.probe().await.is_ok();
         let (role, replication) = if server_up {
-            let (role, report) =
-                tokio::join!(self.engine.current_role(), self.engine.replication_report());
-            (role.ok(), report.ok())
+            match self.engine.role_and_report().await {
+                Ok((role, report)) => (Some(role), Some(report)),
+                Err(_) => (None, None),
+            }
         } else {
             (None, None)
         };

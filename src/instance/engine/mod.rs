@@ -174,14 +174,15 @@ impl Engine {
         }
     }
 
-    /// What the running server is now, within the probe deadline.
-    pub async fn current_role(&self) -> Result<Role, ProbeError> {
+    /// What the running server is now and its replication (one round trip),
+    /// within the probe deadline.
+    pub async fn role_and_report(&self) -> Result<(Role, ReplicationReport), ProbeError> {
         let deadline = self.probe_deadline();
-        let role = match self {
-            Self::Postgres(pg) => futures::future::Either::Left(pg.current_role()),
-            Self::Redis(r) => futures::future::Either::Right(r.current_role()),
+        let answer = match self {
+            Self::Postgres(pg) => futures::future::Either::Left(pg.role_and_report()),
+            Self::Redis(r) => futures::future::Either::Right(r.role_and_report()),
         };
-        tokio::time::timeout(deadline, role)
+        tokio::time::timeout(deadline, answer)
             .await
             .map_err(|_| ProbeError::Timeout(deadline))?
     }

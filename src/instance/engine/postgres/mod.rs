@@ -125,19 +125,9 @@ impl Postgres {
         } else {
             RewindNeed::No
         };
-        let Ok(up) = sql::connect(
-            &self.config,
-            &upstream.host,
-            upstream.port,
-            self.config.probe_timeout,
-        )
-        .await
-        else {
+        let Some(up) = self.primary_session(upstream).await else {
             return Ok(not_yet);
         };
-        if replication::in_recovery(&up).await? {
-            return Ok(not_yet);
-        }
         if was_primary {
             return Ok(RewindNeed::Yes);
         }
@@ -153,17 +143,21 @@ impl Postgres {
 
     /// Whether `upstream` accepts a connection and is not in recovery.
     pub async fn upstream_is_primary(&self, upstream: &Upstream) -> bool {
-        let Ok(up) = sql::connect(
+        self.primary_session(upstream).await.is_some()
+    }
+
+    /// A session on `upstream` when it answers within the probe deadline and is not
+    /// in recovery.
+    async fn primary_session(&self, upstream: &Upstream) -> Option<sql::Session> {
+        let up = sql::connect(
             &self.config,
             &upstream.host,
             upstream.port,
             self.config.probe_timeout,
         )
         .await
-        else {
-            return false;
-        };
-        matches!(replication::in_recovery(&up).await, Ok(false))
+        .ok()?;
+        matches!(replication::in_recovery(&up).await, Ok(false)).then_some(up)
     }
 
     /// Rewinds the stopped data directory to `upstream` (a primary).
@@ -263,16 +257,6 @@ impl Postgres {
         })
     }
 
-    /// What the running server is: a standby (`pg_is_in_recovery()`) or a primary.
-    pub async fn current_role(&self) -> Result<Role, ProbeError> {
-        let s = sql::local(&self.config, self.config.probe_timeout).await?;
-        Ok(if replication::in_recovery(&s).await? {
-            Role::Replica
-        } else {
-            Role::Primary
-        })
-    }
-
     /// Promotes the running standby (`pg_promote(wait => true)`); a primary stays.
     pub async fn promote(&self) -> Result<(), InstanceError> {
         let s = sql::local(&self.config, SQL_TIMEOUT).await?;
@@ -302,6 +286,12 @@ impl Postgres {
 
     /// Replication as the running server sees it.
     pub async fn replication_report(&self) -> Result<ReplicationReport, ProbeError> {
+        Ok(self.role_and_report().await?.1)
+    }
+
+    /// What the running server is — a standby (`pg_is_in_recovery()`) or a primary —
+    /// and its replication, over one connection.
+    pub async fn role_and_report(&self) -> Result<(Role, ReplicationReport), ProbeError> {
         let s = sql::local(&self.config, self.config.probe_timeout).await?;
         if replication::in_recovery(&s).await? {
             let configured = self
@@ -310,9 +300,12 @@ impl Postgres {
                 .unwrap_or_else(PoisonError::into_inner)
                 .as_ref()
                 .map(Upstream::address);
-            replication::standby_report(&s, configured).await
+            Ok((
+                Role::Replica,
+                replication::standby_report(&s, configured).await?,
+            ))
         } else {
-            replication::primary_report(&s).await
+            Ok((Role::Primary, replication::primary_report(&s).await?))
         }
     }
 }

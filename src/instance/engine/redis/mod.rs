@@ -134,6 +134,12 @@ impl Redis {
         self.replication_info().await?.report()
     }
 
+    /// The server's role and its replication, from one `INFO replication`.
+    pub async fn role_and_report(&self) -> Result<(Role, ReplicationReport), ProbeError> {
+        let info = self.replication_info().await?;
+        Ok((info.role()?, info.report()?))
+    }
+
     /// Makes the running server a primary: `REPLICAOF NO ONE`, then checks that
     /// `INFO replication` says `role:master`. The mode's settings come with
     /// [`Redis::apply_live`], which the agent calls next.
