@@ -135,7 +135,8 @@ async fn run(
             .unwrap_or_else(|e| fail("healthy before a trial", e));
         let writer = Writer::start(target.clone(), next_id, MAX_WRITES, WRITER_TIME);
         next_id += MAX_WRITES;
-        wait_acked(&writer, 20)
+        writer
+            .wait_acked(20, "the writer to get going", FAILOVER)
             .await
             .unwrap_or_else(|e| fail("writer", e));
         // the whole tree: PostgreSQL backends outlive a killed postmaster for a moment
@@ -151,7 +152,8 @@ async fn run(
                 .unwrap_or_else(|e| fail("failover", e));
         }
         let resumed = writer.acked() + 10;
-        wait_acked(&writer, resumed)
+        writer
+            .wait_acked(resumed, "writes to resume", FAILOVER)
             .await
             .unwrap_or_else(|e| fail("writes resuming", e));
         let report = writer.finish().await;
@@ -175,21 +177,4 @@ async fn run(
     }
     drop(operator);
     results
-}
-
-async fn wait_acked(writer: &Writer, n: u64) -> anyhow::Result<()> {
-    ringmaster_e2e::wait_for(
-        "acknowledged writes",
-        FAILOVER,
-        common::shards::POLL,
-        || async {
-            let acked = writer.acked();
-            if acked >= n {
-                Ok(Some(()))
-            } else {
-                Err(anyhow::anyhow!("{acked} acknowledged"))
-            }
-        },
-    )
-    .await
 }

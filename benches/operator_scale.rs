@@ -32,17 +32,15 @@
 //! Needs the binaries: `cargo build --workspace --bins` first. Run with
 //! `cargo bench -p ringmaster --bench operator_scale` (or `make bench`); it takes
 //! about 4 minutes on 2 cores. `RINGMASTER_BENCH_LOG_LEVEL` sets the operators'
-//! `--log-level` (default `info`; their logs are in `$TMPDIR/ringmaster-bench-*.log`),
+//! `--log-level` (default `info`; their logs are in `$TMPDIR/ringmaster-operator-*.log`),
 //! e.g. `info,kube_client=debug` to see every API request's timing.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use common::install_crds;
+use common::operator::Operator;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -106,97 +104,54 @@ async fn main() {
 
 // ------------------------------------------------------------------ operator
 
-/// The operator as a child process; killed (and reaped) on drop.
-struct Operator {
-    child: Child,
-    log: PathBuf,
-    http: String,
+/// The operator as a child process (this package's release binary, no leader
+/// election), with the bench's log level and agent image.
+fn start_operator(cluster: &Cluster, namespace: &str) -> Operator {
+    let level = log_level();
+    Operator::spawn(
+        cluster,
+        env!("CARGO_BIN_EXE_ringmaster"),
+        namespace,
+        &["--leader-election=false", "--log-level", &level],
+        &[("RINGMASTER_IMAGE", AGENT_IMAGE)],
+    )
 }
 
-impl Operator {
-    fn start(cluster: &Cluster, namespace: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let http = format!("127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("ringmaster-bench-{namespace}-{port}.log"));
-        let stderr = File::create(&log).expect("the operator's log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_ringmaster"))
-            .args(["operator", "--namespaces", namespace])
-            .args(["--leader-election=false", "--http-addr", &http])
-            .args(["--log-format", "text", "--log-level", &log_level()])
-            .env("KUBECONFIG", cluster.kubeconfig_path())
-            .env("RINGMASTER_IMAGE", AGENT_IMAGE)
-            .env_remove("RUST_LOG")
-            .env_remove("POD_NAMESPACE")
-            .env_remove("POD_NAME")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("starting ringmaster operator");
-        Operator { child, log, http }
-    }
-
-    /// Waits until `/readyz` answers 200 (the controllers' caches are synced).
-    async fn wait_ready(&self) {
-        wait_for("the operator's /readyz", SETUP_WAIT, POLL, || async {
-            let (code, body) = self.get("/readyz").await?;
-            if code == 200 {
-                Ok(Some(()))
-            } else {
-                Err(anyhow!("{code} {body}"))
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", self.log_tail()));
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let start = lines.len().saturating_sub(40);
-        format!(
-            "operator log {} (last lines):\n{}",
-            self.log.display(),
-            lines[start..].join("\n")
-        )
-    }
-
-    /// `VmRSS` and `VmHWM` (peak) in bytes.
-    fn memory(&self) -> (u64, u64) {
-        let path = format!("/proc/{}/status", self.child.id());
-        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().strip_suffix("kB"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|kb| kb * 1024)
-                .unwrap_or_else(|| panic!("no {name} in {path}"))
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    /// `GET http://<http>/<path>` (status code, body).
-    async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        common::http_get(&self.http, path).await
-    }
-
-    async fn metrics(&self) -> Metrics {
-        let (code, body) = self.get("/metrics").await.expect("GET /metrics");
-        assert_eq!(code, 200, "GET /metrics: {body}");
-        Metrics::parse(&body)
-    }
+/// Waits until `/readyz` answers 200 (the controllers' caches are synced).
+async fn wait_ready(operator: &Operator) {
+    wait_for("the operator's /readyz", SETUP_WAIT, POLL, || async {
+        let (code, body) = operator.get("/readyz").await?;
+        if code == 200 {
+            Ok(Some(()))
+        } else {
+            Err(anyhow!("{code} {body}"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log_tail()));
 }
 
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `VmRSS` and `VmHWM` (peak) of the operator in bytes.
+fn memory(operator: &Operator) -> (u64, u64) {
+    let path = format!("/proc/{}/status", operator.pid());
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no {name} in {path}"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The operator's `/metrics`, parsed.
+async fn metrics(operator: &Operator) -> Metrics {
+    let (code, body) = operator.get("/metrics").await.expect("GET /metrics");
+    assert_eq!(code, 200, "GET /metrics: {body}");
+    Metrics::parse(&body)
 }
 
 /// The operator's `--log-level`: `$RINGMASTER_BENCH_LOG_LEVEL`, else `info`.
@@ -406,8 +361,8 @@ async fn baseline_trial(cluster: &Cluster, client: &Client, trial: usize) -> Bas
 
 async fn operator_trial(cluster: &Cluster, client: &Client, trial: usize) -> Trial {
     let ns = cluster.namespace(&format!("bench-opscale-op{trial}")).await;
-    let operator = Operator::start(cluster, ns.name());
-    operator.wait_ready().await;
+    let operator = start_operator(cluster, ns.name());
+    wait_ready(&operator).await;
     let name = format!("cache{trial}");
     let clusters: Api<ShardedCluster> = Api::namespaced(client.clone(), ns.name());
     let shards: Api<Shard> = Api::namespaced(client.clone(), ns.name());
@@ -509,8 +464,8 @@ async fn operator_trial(cluster: &Cluster, client: &Client, trial: usize) -> Tri
         }
         tokio::time::sleep(POLL).await;
     }
-    let rss = operator.memory().0;
-    let metrics = operator.metrics().await;
+    let rss = memory(&operator).0;
+    let metrics = metrics(&operator).await;
 
     let deleted = delete_clusters(client, ns.name(), DELETE_POLL)
         .await
@@ -621,10 +576,10 @@ struct Scale {
 
 async fn scale_run(cluster: &Cluster, client: &Client) -> Scale {
     let ns = cluster.namespace("bench-opscale-50").await;
-    let operator = Operator::start(cluster, ns.name());
-    operator.wait_ready().await;
+    let operator = start_operator(cluster, ns.name());
+    wait_ready(&operator).await;
     tokio::time::sleep(SETTLE).await;
-    let idle_rss = operator.memory().0;
+    let idle_rss = memory(&operator).0;
 
     let clusters: Api<ShardedCluster> = Api::namespaced(client.clone(), ns.name());
     let start = Instant::now();
@@ -647,8 +602,8 @@ async fn scale_run(cluster: &Cluster, client: &Client) -> Scale {
     let measured = match result {
         Ok((all_ready, gets)) => {
             tokio::time::sleep(SETTLE).await;
-            let (ready_rss, peak_rss) = operator.memory();
-            let metrics = operator.metrics().await;
+            let (ready_rss, peak_rss) = memory(&operator);
+            let metrics = metrics(&operator).await;
             Ok((all_ready, gets, ready_rss, peak_rss, metrics))
         }
         Err(e) => Err(e),

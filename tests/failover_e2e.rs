@@ -96,16 +96,7 @@ impl Scenario {
     }
 
     async fn acked_at_least(&self, writer: &Writer, n: u64, what: &str) {
-        let result = wait_for(what, RESUME, POLL, || async {
-            let acked = writer.acked();
-            if acked >= n {
-                Ok(Some(()))
-            } else {
-                Err(anyhow!("{acked} acknowledged writes"))
-            }
-        })
-        .await;
-        if let Err(e) = result {
+        if let Err(e) = writer.wait_acked(n, what, RESUME).await {
             self.fail(what, e);
         }
     }
@@ -237,15 +228,7 @@ impl Scenario {
     /// Declarative switchover to a replica under load: nothing acknowledged is lost.
     async fn switchover(&mut self) {
         let old = self.healthy().await;
-        let target = self
-            .shard
-            .pods()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| kube::ResourceExt::name_any(&p))
-            .find(|n| *n != old)
-            .expect("a replica");
+        let target = self.a_replica(&old).await;
         let writer = self.writer(50).await;
         self.shard
             .request_switchover(&target)
@@ -278,15 +261,7 @@ impl Scenario {
     /// is cloned again and holds the data.
     async fn replicas_recover(&mut self) {
         let primary = self.healthy().await;
-        let replica = self
-            .shard
-            .pods()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| kube::ResourceExt::name_any(&p))
-            .find(|n| *n != primary)
-            .expect("a replica");
+        let replica = self.a_replica(&primary).await;
         let stopped = self
             .shard
             .signal_server_tree(&replica, Signal::SIGSTOP)
@@ -307,6 +282,18 @@ impl Scenario {
             .unwrap_or_else(|e| self.fail("deleting a replica's volume", e));
         self.healthy().await;
         self.wait_replica_holds(&replica, last).await;
+    }
+
+    /// An instance of the shard other than `primary`.
+    async fn a_replica(&self, primary: &str) -> String {
+        self.shard
+            .pods()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| kube::ResourceExt::name_any(&p))
+            .find(|n| n != primary)
+            .expect("a replica")
     }
 
     async fn wait_replica_holds(&self, replica: &str, id: u64) {

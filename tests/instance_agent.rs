@@ -6,88 +6,29 @@
 //! Each test skips (with a message) when its server is not installed or when
 //! the agent cannot be run as a non-root user.
 
+mod common;
+
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::Value;
+
+use common::agent_host::{
+    agent_path, children_where, http, installed, is_root, non_root_prefix, proc_state, signal,
+    skip_reason,
+};
 
 const AGENT_PORT: u16 = 8000;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const RECOVER_TIMEOUT: Duration = Duration::from_secs(60);
 const TOKEN: &str = "agent-token-for-tests";
-
-// ---------------------------------------------------------------- environment
-
-/// `PATH` for the agent: the newest PostgreSQL bin directory first (Debian
-/// keeps it off `PATH`; the postgres image puts it on), then the usual ones.
-fn agent_path() -> String {
-    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-        .collect();
-    dirs.sort();
-    let mut path: Vec<String> = dirs
-        .pop()
-        .map(|(_, d)| d.display().to_string())
-        .into_iter()
-        .collect();
-    path.extend(["/usr/local/bin", "/usr/bin", "/bin"].map(String::from));
-    path.join(":")
-}
-
-fn installed(program: &str) -> bool {
-    std::env::split_paths(&agent_path()).any(|d| d.join(program).is_file())
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// The command prefix that runs the agent as a non-root user, or why it can't.
-fn non_root_prefix() -> Result<Vec<String>, String> {
-    if !is_root() {
-        return Ok(Vec::new());
-    }
-    let prefix: Vec<String> = [
-        "setpriv",
-        "--reuid=nobody",
-        "--regid=nogroup",
-        "--clear-groups",
-    ]
-    .map(String::from)
-    .to_vec();
-    let can_run = Command::new(&prefix[0])
-        .args(&prefix[1..])
-        .arg(env!("CARGO_BIN_EXE_ringmaster"))
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if can_run {
-        Ok(prefix)
-    } else {
-        Err("setpriv cannot run the built binary as nobody".into())
-    }
-}
-
-/// Why this test cannot run here, if it cannot.
-fn skip_reason(program: &str) -> Option<String> {
-    if !installed(program) {
-        return Some(format!("{program} is not installed"));
-    }
-    non_root_prefix().err()
-}
 
 fn nobody() -> (nix::unistd::Uid, nix::unistd::Gid) {
     let user = nix::unistd::User::from_name("nobody")
@@ -96,53 +37,13 @@ fn nobody() -> (nix::unistd::Uid, nix::unistd::Gid) {
     (user.uid, user.gid)
 }
 
-// ---------------------------------------------------------------- HTTP
+fn zombie_children(parent: u32) -> Vec<u32> {
+    children_where(parent, |s| s == 'Z')
+}
 
 /// `GET path` with an optional bearer token: status and body.
 fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n"
-    )?;
-    let mut response = String::new();
-    s.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response {response:?}")))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    Ok((status, body))
-}
-
-// ---------------------------------------------------------------- processes
-
-/// State of a process from `/proc`: `None` when it does not exist.
-fn proc_state(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split(' ');
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-fn zombie_children(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| proc_state(pid) == Some(('Z', parent)))
-        .collect()
-}
-
-fn signal(pid: u32, sig: Signal) {
-    let _ = kill(Pid::from_raw(pid as i32), sig);
+    http(addr, "GET", path, token, None)
 }
 
 // ---------------------------------------------------------------- fixture

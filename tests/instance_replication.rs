@@ -7,16 +7,20 @@
 //! Skips (with a message) when PostgreSQL is not installed or the agent cannot run
 //! as a non-root user.
 
+mod common;
+
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
+
+use common::agent_host::{
+    agent_path, alive, children_where, http, is_root, non_root_prefix, signal, skip_reason,
+};
 
 const AGENT_PORT: u16 = 8000;
 const DB_PORT: u16 = 5432;
@@ -26,119 +30,8 @@ const REPLICATION_PASSWORD: &str = "Replication-pw:with\\odd'chars";
 const CONVERGE: Duration = Duration::from_secs(90);
 const STOP_TIMEOUT: Duration = Duration::from_secs(40);
 
-// ---------------------------------------------------------------- environment
-
-fn pg_bin_dir() -> Option<PathBuf> {
-    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-        .filter(|(_, d)| d.join("pg_rewind").is_file())
-        .collect();
-    dirs.sort();
-    dirs.pop().map(|(_, d)| d)
-}
-
-fn agent_path() -> String {
-    let mut path: Vec<String> = pg_bin_dir()
-        .map(|d| d.display().to_string())
-        .into_iter()
-        .collect();
-    path.extend(["/usr/local/bin", "/usr/bin", "/bin"].map(String::from));
-    path.join(":")
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn non_root_prefix() -> Result<Vec<String>, String> {
-    if !is_root() {
-        return Ok(Vec::new());
-    }
-    let prefix: Vec<String> = [
-        "setpriv",
-        "--reuid=nobody",
-        "--regid=nogroup",
-        "--clear-groups",
-    ]
-    .map(String::from)
-    .to_vec();
-    let ok = Command::new(&prefix[0])
-        .args(&prefix[1..])
-        .arg(env!("CARGO_BIN_EXE_ringmaster"))
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(prefix)
-        .ok_or_else(|| "setpriv cannot run the built binary as nobody".into())
-}
-
-fn skip_reason() -> Option<String> {
-    if pg_bin_dir().is_none() {
-        return Some("PostgreSQL (with pg_rewind) is not installed".into());
-    }
-    non_root_prefix().err()
-}
-
-// ---------------------------------------------------------------- HTTP
-
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    s.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response {response:?}")))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    Ok((status, body))
-}
-
-// ---------------------------------------------------------------- processes
-
-fn proc_parent(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split(' ');
-    let state = fields.next()?.chars().next()?;
-    Some((state, fields.next()?.parse().ok()?))
-}
-
-fn alive(pid: u32) -> bool {
-    proc_parent(pid).is_some_and(|(s, _)| s != 'Z')
-}
-
 fn children(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| proc_parent(pid).is_some_and(|(_, p)| p == parent))
-        .collect()
-}
-
-fn signal(pid: u32, sig: Signal) {
-    let _ = kill(Pid::from_raw(pid as i32), sig);
+    children_where(parent, |_| true)
 }
 
 /// Polls `ok` every 100 ms; panics with `context()` after `timeout`.
@@ -276,7 +169,7 @@ impl Node {
     }
 
     fn status(&self) -> Value {
-        match http(self.agent_addr(), "GET", "/status", None) {
+        match http(self.agent_addr(), "GET", "/status", Some(TOKEN), None) {
             Ok((200, body)) => serde_json::from_str(&body).expect("/status is JSON"),
             _ => Value::Null,
         }
@@ -288,6 +181,7 @@ impl Node {
             self.agent_addr(),
             "POST",
             "/role",
+            Some(TOKEN),
             Some(&command.to_string()),
         )
         .unwrap_or_else(|e| panic!("POST /role to {}: {e}\n{}", self.name, self.log_tail()));
@@ -528,7 +422,7 @@ fn check_write_reaches(primary: &Node, replicas: &[&Node], table: &str, rows: i6
 
 #[test]
 fn postgres_replication_failover_switchover_and_reclone() {
-    if let Some(why) = skip_reason() {
+    if let Some(why) = skip_reason("pg_rewind") {
         eprintln!("SKIPPED postgres_replication_failover_switchover_and_reclone: {why}");
         return;
     }

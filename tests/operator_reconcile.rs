@@ -170,49 +170,38 @@ async fn resource_versions(
     let mut out = BTreeMap::new();
     let params = ListParams::default();
     let by_label = ListParams::default().labels(selector);
-    for o in apis.clusters.list(&params).await?.items {
-        out.insert(
-            format!("ShardedCluster/{}", o.name_any()),
-            o.resource_version().unwrap_or_default(),
-        );
-    }
     for o in apis.shards.list(&params).await?.items {
         out.insert(
             format!("Shard/{}", o.name_any()),
             common::shard_fingerprint(&o),
         );
     }
-    for o in apis.pods.list(&by_label).await?.items {
-        out.insert(
-            format!("Pod/{}", o.name_any()),
-            o.resource_version().unwrap_or_default(),
-        );
-    }
-    for o in apis.pvcs.list(&by_label).await?.items {
-        out.insert(
-            format!("PVC/{}", o.name_any()),
-            o.resource_version().unwrap_or_default(),
-        );
-    }
-    for o in apis.services.list(&by_label).await?.items {
-        out.insert(
-            format!("Service/{}", o.name_any()),
-            o.resource_version().unwrap_or_default(),
-        );
-    }
-    for o in apis.secrets.list(&by_label).await?.items {
-        out.insert(
-            format!("Secret/{}", o.name_any()),
-            o.resource_version().unwrap_or_default(),
-        );
-    }
-    for o in apis.config_maps.list(&by_label).await?.items {
-        out.insert(
-            format!("ConfigMap/{}", o.name_any()),
-            o.resource_version().unwrap_or_default(),
-        );
-    }
+    versions_of(&mut out, "ShardedCluster", &apis.clusters, &params).await?;
+    versions_of(&mut out, "Pod", &apis.pods, &by_label).await?;
+    versions_of(&mut out, "PVC", &apis.pvcs, &by_label).await?;
+    versions_of(&mut out, "Service", &apis.services, &by_label).await?;
+    versions_of(&mut out, "Secret", &apis.secrets, &by_label).await?;
+    versions_of(&mut out, "ConfigMap", &apis.config_maps, &by_label).await?;
     Ok(out)
+}
+
+/// Adds `<kind>/<name>` → resourceVersion of every object `api` lists with `params`.
+async fn versions_of<K>(
+    out: &mut BTreeMap<String, String>,
+    kind: &str,
+    api: &Api<K>,
+    params: &ListParams,
+) -> anyhow::Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for o in api.list(params).await?.items {
+        out.insert(
+            format!("{kind}/{}", o.name_any()),
+            o.resource_version().unwrap_or_default(),
+        );
+    }
+    Ok(())
 }
 
 fn secret_value(secret: &Secret, key: &str) -> String {

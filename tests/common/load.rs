@@ -101,6 +101,20 @@ impl Writer {
         self.acked.load(Ordering::Relaxed)
     }
 
+    /// Waits (polling every 200 ms, at most `timeout`) until `n` writes are
+    /// acknowledged; the error names `what` and the count reached.
+    pub async fn wait_acked(&self, n: u64, what: &str, timeout: Duration) -> anyhow::Result<()> {
+        ringmaster_e2e::wait_for(what, timeout, Duration::from_millis(200), || async {
+            let acked = self.acked();
+            if acked >= n {
+                Ok(Some(()))
+            } else {
+                Err(anyhow!("{acked} acknowledged writes"))
+            }
+        })
+        .await
+    }
+
     /// Stops and returns the report.
     pub async fn finish(self) -> Report {
         self.stop.store(true, Ordering::Relaxed);

@@ -47,9 +47,19 @@ pub async fn install_crds(cluster: &Cluster) {
 
 /// `GET http://<addr><path>` over HTTP/1.0: (status code, body).
 pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    http_get_as(addr, path, None).await
+}
+
+/// [`http_get`] with `Authorization: Bearer <token>` when `token` is given.
+pub async fn http_get_as(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
@@ -87,3 +97,4 @@ pub fn shard_fingerprint(shard: &ringmaster::api::Shard) -> String {
     })
     .to_string()
 }
+pub mod agent_host;

@@ -56,7 +56,8 @@ impl Operator {
             .unwrap_or(0))
     }
 
-    /// `program operator --namespaces <namespace> <args>` with `env` added.
+    /// `program operator --namespaces <namespace> <args>` with `env` added (and
+    /// `--log-level info` unless `args` set one).
     pub fn spawn(
         cluster: &Cluster,
         program: &str,
@@ -74,7 +75,11 @@ impl Operator {
         let child = Command::new(program)
             .args(["operator", "--namespaces", namespace])
             .args(["--http-addr", &http, "--log-format", "text"])
-            .args(["--log-level", "info"])
+            .args(if args.contains(&"--log-level") {
+                &[][..]
+            } else {
+                &["--log-level", "info"][..]
+            })
             .args(args)
             .env("KUBECONFIG", cluster.kubeconfig_path())
             .env_remove("RUST_LOG")
@@ -104,6 +109,11 @@ impl Operator {
             self.log.display(),
             lines[start..].join("\n")
         )
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process has exited.

@@ -330,51 +330,25 @@ pub fn pod_ip(pod: &Pod) -> anyhow::Result<String> {
 
 /// `GET <path>` on an agent with its bearer token: (status code, body).
 pub async fn agent_get(addr: &str, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request =
-            format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        anyhow::Ok(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| anyhow!("{addr}{path}: no answer within 10 s"))??;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("bad response {response:?}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((code, body))
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        super::http_get_as(addr, path, Some(token)),
+    )
+    .await
+    .map_err(|_| anyhow!("{addr}{path}: no answer within 10 s"))?
 }
 
 /// `root` and its descendants, from `/proc`.
 pub fn process_tree(root: i32) -> Vec<i32> {
-    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .filter_map(|pid| {
-                    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                    let rest = stat.get(stat.rfind(')')? + 2..)?;
-                    Some((pid, rest.split(' ').nth(1)?.parse().ok()?))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     let mut tree = vec![root];
     let mut i = 0;
     while i < tree.len() {
-        let p = tree[i];
-        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        let parent = u32::try_from(tree[i]).unwrap_or_default();
+        tree.extend(
+            super::agent_host::children_where(parent, |_| true)
+                .into_iter()
+                .filter_map(|c| i32::try_from(c).ok()),
+        );
         i += 1;
     }
     tree
