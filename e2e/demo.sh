@@ -2,7 +2,8 @@
 # The demo on the local cluster: a real control plane and a process-backed node;
 # the operator installed by its Helm chart and running as a Pod; the example Redis
 # and PostgreSQL clusters created, shown Ready, and used through their Services
-# with the generated credentials.
+# with the generated credentials; the Redis cluster used through its routers and
+# scaled out online from 3 to 4 shards.
 # DEMO_KEEP=1 leaves the cluster running (stop it with `make cluster-down CLUSTER_DIR=.e2e/demo`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +56,37 @@ PGPASSWORD="$(secret orders password)" psql "host=$PG_VIP port=5432 user=$(secre
   -c "CREATE TABLE IF NOT EXISTS orders (id bigserial, customer_id bigint)" \
   -c "INSERT INTO orders (customer_id) VALUES (42)" -c "SELECT count(*) AS orders FROM orders"
 
-step "the routing table routers and applications read"
+step "the Redis cluster through its routers (Service cache-router): 1000 keys on the hash ring"
+kubectl rollout status deployment/cache-router -n "$NS" --timeout=120s
+ROUTER_VIP="$(vip cache-router)"
+router() { REDISCLI_AUTH="$(secret cache password)" redis-cli -h "$ROUTER_VIP" -p 6379 "$@"; }
+for i in $(seq 1 1000); do echo "SET demo:$i value-$i"; done | router >/dev/null
+router DBSIZE
+router GET demo:42
+for shard in 0 1 2; do
+  printf 'keys on shard %s: ' "$shard"
+  REDISCLI_AUTH="$(secret cache password)" redis-cli -h "$(vip "cache-$shard-rw")" -p 6379 DBSIZE
+done
+
+step "scaling out online: shards 3 -> 4 (a ShardMigration moves a quarter of the ring)"
+kubectl patch shardedcluster cache -n "$NS" --type merge -p '{"spec":{"shards":4}}'
+if ! kubectl wait -n "$NS" --for=jsonpath='{.status.ringVersion}'=2 shardedcluster/cache --timeout=300s ||
+   ! kubectl wait -n "$NS" --for=jsonpath='{.status.phase}'=Completed shardmigration/cache-ring-2 --timeout=300s; then
+  echo "the migration did not complete within 300s; its state:" >&2
+  kubectl get shardedclusters,shards,shardmigrations -n "$NS" -o wide >&2
+  kubectl describe shardmigrations -n "$NS" >&2
+  exit 1
+fi
+kubectl get shardmigrations -n "$NS" -o wide
+router DBSIZE
+for i in $(seq 1 1000); do echo "GET demo:$i"; done | router | grep -c '^value-' | {
+  read -r found; echo "keys read back through the routers: $found/1000"; [[ "$found" == 1000 ]]; }
+for shard in 0 1 2 3; do
+  printf 'keys on shard %s: ' "$shard"
+  REDISCLI_AUTH="$(secret cache password)" redis-cli -h "$(vip "cache-$shard-rw")" -p 6379 DBSIZE
+done
+
+step "the routing table routers read"
 kubectl get configmap cache-routing -n "$NS" -o jsonpath='{.data.routing\.json}'; echo
 
 step "operator metrics"

@@ -9,6 +9,9 @@
 
 pub mod api;
 pub mod crdgen;
+pub mod engine;
 pub mod instance;
 pub mod operator;
+pub mod ring;
+pub mod router;
 pub mod runtime;

@@ -23,6 +23,8 @@ enum Command {
     Crdgen(ringmaster::crdgen::CrdgenArgs),
     /// Copy this binary to a path (the init container that installs the agent).
     CopySelf(ringmaster::runtime::copy_self::CopySelfArgs),
+    /// Run the Redis router: a RESP proxy routing commands by key through the ring.
+    Router(ringmaster::router::RouterArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +33,6 @@ fn main() -> anyhow::Result<()> {
         Command::Instance(args) => ringmaster::instance::main(args),
         Command::Crdgen(args) => ringmaster::crdgen::main(args),
         Command::CopySelf(args) => ringmaster::runtime::copy_self::main(args),
+        Command::Router(args) => ringmaster::router::main(args),
     }
 }

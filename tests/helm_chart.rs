@@ -253,6 +253,17 @@ const GRANTED: &[(&str, &str)] = &[
     ("get", "shardmigrations.ringmaster.dev"),
     ("list", "shardmigrations.ringmaster.dev"),
     ("watch", "shardmigrations.ringmaster.dev"),
+    ("create", "shardmigrations.ringmaster.dev"),
+    ("patch", "shardmigrations.ringmaster.dev#status"),
+    ("delete", "shards.ringmaster.dev"),
+    ("get", "deployments.apps"),
+    ("create", "deployments.apps"),
+    ("patch", "deployments.apps"),
+    ("create", "serviceaccounts"),
+    ("patch", "serviceaccounts"),
+    ("create", "roles.rbac.authorization.k8s.io"),
+    ("patch", "roles.rbac.authorization.k8s.io"),
+    ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("list", "pods"),
     ("watch", "pods"),
     ("create", "pods"),
@@ -287,17 +298,14 @@ const DENIED: &[(&str, &str)] = &[
     ("patch", "shardedclusters.ringmaster.dev"),
     ("delete", "shardedclusters.ringmaster.dev"),
     ("update", "shardedclusters.ringmaster.dev#status"),
-    // Shards: created and applied, never replaced or deleted (garbage collection does).
+    // Shards: created and applied, never replaced; deleted one by one once drained.
     ("update", "shards.ringmaster.dev"),
-    ("delete", "shards.ringmaster.dev"),
     ("deletecollection", "shards.ringmaster.dev"),
     ("update", "shards.ringmaster.dev#status"),
-    // ShardMigrations: read-only until a controller acts on them.
-    ("create", "shardmigrations.ringmaster.dev"),
+    // ShardMigrations: created, never changed or deleted (their spec is the user's).
     ("update", "shardmigrations.ringmaster.dev"),
     ("patch", "shardmigrations.ringmaster.dev"),
     ("delete", "shardmigrations.ringmaster.dev"),
-    ("patch", "shardmigrations.ringmaster.dev#status"),
     ("update", "shardmigrations.ringmaster.dev#status"),
     ("update", "shardmigrations.ringmaster.dev#finalizers"),
     // Core objects are applied (PATCH), never replaced (PUT).
@@ -312,15 +320,16 @@ const DENIED: &[(&str, &str)] = &[
     ("create", "pods#exec"),
     ("patch", "pods#status"),
     ("create", "pods#eviction"),
-    // Routers (Deployments) come later.
-    ("get", "deployments.apps"),
-    ("create", "deployments.apps"),
-    ("patch", "deployments.apps"),
+    // Routers are Deployments: applied, never replaced or deleted (garbage collection).
+    ("update", "deployments.apps"),
+    ("delete", "deployments.apps"),
     ("list", "statefulsets.apps"),
+    ("delete", "roles.rbac.authorization.k8s.io"),
+    ("create", "clusterroles.rbac.authorization.k8s.io"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
     // Legacy core Events are not used: events.k8s.io only.
     ("create", "events"),
     ("delete", "events.events.k8s.io"),
-    ("create", "roles.rbac.authorization.k8s.io"),
     ("delete", "namespaces"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
 ];

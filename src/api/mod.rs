@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod common;
+pub mod routing;
 pub mod shard;
 pub mod shard_migration;
 pub mod sharded_cluster;

@@ -6,6 +6,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::ring::RingDescriptor;
+
 use super::common::{
     Condition, Engine, FailoverSpec, PvcRetentionPolicy, ReplicationSpec, Resources, StorageSpec,
 };
@@ -33,6 +35,7 @@ pub const MAX_REPLICAS: i32 = 5;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!has(self.weights) || size(self.weights) == self.shards").message("weights must list exactly one weight per shard (as many entries as shards), or be omitted for equal shards"))]
+#[x_kube(validation = Rule::new("self.engine != 'postgres' || (self.shards == oldSelf.shards && has(self.weights) == has(oldSelf.weights) && (!has(self.weights) || self.weights == oldSelf.weights))").message("shards and weights of a postgres cluster cannot change yet: ringmaster moves Redis keys between shards, not PostgreSQL rows; set shards and weights back to their previous values"))]
 #[serde(rename_all = "camelCase")]
 pub struct ShardedClusterSpec {
     /// Database engine: `redis` or `postgres`. Immutable: to change engines, create a
@@ -48,18 +51,18 @@ pub struct ShardedClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub image: Option<String>,
-    /// Number of shards, 1 to 64. Can grow; lowering it needs a migration that drains
-    /// the removed shards first.
+    /// Number of shards, 1 to 64. Raising it adds Shards and then moves their share of
+    /// the hash ring to them with a ShardMigration; lowering it first drains the
+    /// leaving shards with a migration and deletes them only once it has completed.
     #[serde(default = "default_shards")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 64").message("shards must be between 1 and 64"))]
-    #[x_kube(validation = Rule::new("self >= oldSelf").message("shards cannot decrease: removing shards needs a migration that drains their data first; set shards back to its previous value"))]
     pub shards: i32,
-    /// Relative weight of each shard on the hash ring (one positive entry per shard;
+    /// Relative weight of each shard on the hash ring (one entry per shard, 1 to 100;
     /// equal weights when omitted). A shard of weight 2 owns twice the keys of one of
-    /// weight 1.
+    /// weight 1. Changing weights moves ranges with a ShardMigration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(w, w >= 1 && w <= 1000)").message("every weight must be a whole number from 1 to 1000: give each shard a positive weight, or omit weights"))]
+    #[x_kube(validation = Rule::new("self.all(w, w >= 1 && w <= 100)").message("every weight must be a whole number from 1 to 100: give each shard a positive weight, or omit weights"))]
     pub weights: Option<Vec<i32>>,
     /// Replicas per shard besides the primary, 0 to 5 (default 1).
     #[serde(default = "default_replicas")]
@@ -200,6 +203,12 @@ pub struct ShardedClusterStatus {
     /// Version of the hash ring in effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_version: Option<i64>,
+    /// The hash ring in effect: which shards own keys, with their weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<RingDescriptor>,
+    /// The ShardMigration moving ranges now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
     /// The primary instance of each shard.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub primaries: BTreeMap<String, String>,

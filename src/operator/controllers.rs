@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
 use super::reconciler::Scope;
-use super::{cluster, shard};
+use super::{cluster, migration, shard};
 
 /// How often cache readiness is checked again.
 const SYNC_POLL: Duration = Duration::from_millis(250);
@@ -25,7 +25,7 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts a ShardedCluster and a Shard controller for each scope.
+    /// Starts a ShardedCluster, a Shard and a ShardMigration controller for each scope.
     pub fn start(ctx: &Context, scopes: &[Scope]) -> Self {
         let graceful = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -64,6 +64,23 @@ impl Running {
             tasks.spawn(async move {
                 run.await;
                 shard::CONTROLLER
+            });
+
+            let migrations = migration::controller(ctx, scope)
+                .graceful_shutdown_on(graceful.clone().cancelled_owned());
+            let store = migrations.store();
+            ctx.register_store(migration::CONTROLLER, store.clone());
+            stores.push(store);
+            let run = migrations
+                .run(
+                    migration::reconcile,
+                    migration::error_policy,
+                    ctx.clone().into(),
+                )
+                .for_each(|_| futures::future::ready(()));
+            tasks.spawn(async move {
+                run.await;
+                migration::CONTROLLER
             });
         }
         Self {

@@ -5,6 +5,8 @@
 //! | point | where |
 //! |---|---|
 //! | `failover-recorded` | right after a failover decision (phase `Pending`) is written to the Shard's status, before the old primary is fenced |
+//! | `migration-backfill` | after a ShardMigration copied a batch (not its first), before the batch's checkpoint is written |
+//! | `migration-verify` | after a ShardMigration's verification (writes not frozen), before its outcome is written |
 
 /// The variable that arms a fail point.
 pub const VARIABLE: &str = "RINGMASTER_FAILPOINT";

@@ -30,6 +30,11 @@ pub fn shard_resource() -> ApiResource {
     resource("Shard", "shards")
 }
 
+/// The ShardMigration resource.
+pub fn migration_resource() -> ApiResource {
+    resource("ShardMigration", "shardmigrations")
+}
+
 /// Server-side apply parameters: field manager `ringmaster`, forced.
 pub fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()

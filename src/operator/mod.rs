@@ -36,10 +36,10 @@ pub mod failpoint;
 mod fixtures;
 pub mod kubeapi;
 pub mod leadership;
+pub mod migration;
 pub mod names;
 pub mod quantity;
 pub mod reconciler;
-pub mod routing;
 pub mod shard;
 
 use std::time::Duration;

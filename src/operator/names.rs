@@ -33,6 +33,13 @@ pub const REPLICATION_USERNAME: &str = "ringmaster_replication";
 /// no secret in it), so an unchanged command is not sent again.
 pub const ROLE_COMMAND_ANNOTATION: &str = "ringmaster.dev/role-command";
 
+/// Value of `app.kubernetes.io/component` on the routers' objects.
+pub const ROUTER_COMPONENT: &str = "router";
+/// Port of the routers' RESP listener.
+pub const ROUTER_PORT: i32 = 6379;
+/// Port of the routers' HTTP API (`/status`, `/metrics`, probes).
+pub const ROUTER_HTTP_PORT: i32 = 9090;
+
 /// Label keys.
 pub mod label {
     /// `redis` or `postgres`.
@@ -108,6 +115,33 @@ pub fn secret_name(cluster: &str) -> String {
 /// `<cluster>-routing`.
 pub fn routing_name(cluster: &str) -> String {
     format!("{cluster}-routing")
+}
+
+/// `<cluster>-router`: the routers' Deployment, Service, ServiceAccount, Role and
+/// RoleBinding.
+pub fn router_name(cluster: &str) -> String {
+    format!("{cluster}-router")
+}
+
+/// `<cluster>-ring-<version>`: the migration to ring `version`.
+pub fn migration_name(cluster: &str, ring_version: i64) -> String {
+    format!("{cluster}-ring-{ring_version}")
+}
+
+/// Labels of the routers' objects (component `router`).
+pub fn router_labels(engine: Engine, cluster: &str) -> BTreeMap<String, String> {
+    let mut labels = cluster_labels(engine, cluster);
+    labels.insert(label::COMPONENT.to_owned(), ROUTER_COMPONENT.to_owned());
+    labels
+}
+
+/// Label selector of a cluster's router Pods.
+pub fn router_selector(cluster: &str) -> String {
+    format!(
+        "{},{}={ROUTER_COMPONENT}",
+        cluster_selector(cluster),
+        label::COMPONENT
+    )
 }
 
 /// The ordinal of `pod` if it is named `<shard>-<ordinal>`.

@@ -68,6 +68,15 @@ pub struct InstanceLabels {
     pub instance: String,
 }
 
+/// Label set `{namespace, migration}` of a ShardMigration's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MigrationLabels {
+    /// The ShardMigration's namespace.
+    pub namespace: String,
+    /// Its name.
+    pub migration: String,
+}
+
 /// Label set `{controller}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -104,6 +113,8 @@ struct Inner {
     failovers: Family<FailoverLabels, Counter>,
     failover_duration: KindHistogramFamily,
     replication_lag: Family<InstanceLabels, Gauge>,
+    migration_keys: Family<MigrationLabels, Counter>,
+    migration_bytes: Family<MigrationLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -164,6 +175,19 @@ impl Metrics {
             "Bytes a replica is behind its primary",
             replication_lag.clone(),
         );
+        let migration_keys = Family::<MigrationLabels, Counter>::default();
+        let migration_bytes = Family::<MigrationLabels, Counter>::default();
+        registry.register(
+            "migration_keys_copied",
+            "Keys copied by ShardMigrations (backfill and dirty-key re-copies)",
+            migration_keys.clone(),
+        );
+        registry.register_with_unit(
+            "migration_copied",
+            "Serialized value bytes copied by ShardMigrations",
+            Unit::Bytes,
+            migration_bytes.clone(),
+        );
         let inner = Inner {
             registry: Mutex::new(registry),
             reconciles,
@@ -174,6 +198,8 @@ impl Metrics {
             failovers,
             failover_duration,
             replication_lag,
+            migration_keys,
+            migration_bytes,
         };
         Self {
             inner: Arc::new(inner),
@@ -252,6 +278,22 @@ impl Metrics {
                 self.inner.replication_lag.remove(&labels);
             }
         }
+    }
+
+    /// Counts `keys` keys and `bytes` bytes copied by migration `namespace/migration`.
+    pub fn migration_copied(&self, namespace: &str, migration: &str, keys: u64, bytes: u64) {
+        let labels = MigrationLabels {
+            namespace: namespace.to_owned(),
+            migration: migration.to_owned(),
+        };
+        self.inner
+            .migration_keys
+            .get_or_create(&labels)
+            .inc_by(keys);
+        self.inner
+            .migration_bytes
+            .get_or_create(&labels)
+            .inc_by(bytes);
     }
 
     /// Registers another metric (`name` gets the `ringmaster_` prefix).

@@ -77,6 +77,7 @@ pub async fn http_get_as(
 
 pub mod load;
 pub mod operator;
+pub mod routers;
 pub mod shards;
 
 /// What a reconcile of an unchanged Shard must leave alone: its generation, spec and

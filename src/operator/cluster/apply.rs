@@ -1,14 +1,17 @@
-//! Applies a ShardedCluster's plan: Secret, Shards, routing ConfigMap; one Event per
-//! action.
+//! Applies a ShardedCluster's plan: Secret, Shards, routing ConfigMap, routers, the
+//! next ShardMigration, drained Shards' deletion; one Event per action.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
 use super::plan::{Observed, Plan};
-use crate::api::{Shard, ShardedCluster, condition};
+use super::router;
+use crate::api::{Engine, Shard, ShardMigration, ShardedCluster, condition};
 use crate::operator::context::Context;
 use crate::operator::credentials::{self, SecretPlan};
 use crate::operator::error::{self, Result};
@@ -25,7 +28,109 @@ pub async fn apply(
     secret(ctx, cluster, observed, &plan.secret).await?;
     shards(ctx, cluster, observed, plan).await?;
     routing(ctx, cluster, observed, plan).await?;
+    if cluster.spec.engine == Engine::Redis {
+        routers(ctx, cluster).await?;
+    }
+    migration(ctx, cluster, plan).await?;
+    drained_shards(ctx, cluster, plan).await?;
     extra_shards(ctx, cluster, plan).await;
+    Ok(())
+}
+
+/// Applies the routers' ServiceAccount, Role, RoleBinding, Service and Deployment.
+async fn routers(ctx: &Context, cluster: &ShardedCluster) -> Result<()> {
+    let objects = router::objects(cluster, &ctx.settings.agent_image);
+    let namespace = ns(cluster);
+    let client = &ctx.client;
+    kubeapi::apply(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &namespace),
+        &objects.service_account,
+    )
+    .await?;
+    kubeapi::apply(
+        &Api::<Role>::namespaced(client.clone(), &namespace),
+        &objects.role,
+    )
+    .await?;
+    kubeapi::apply(
+        &Api::<RoleBinding>::namespaced(client.clone(), &namespace),
+        &objects.role_binding,
+    )
+    .await?;
+    kubeapi::apply(
+        &Api::<Service>::namespaced(client.clone(), &namespace),
+        &objects.service,
+    )
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let name = objects.deployment.name_any();
+    let existed = deployments
+        .get_opt(&name)
+        .await
+        .map_err(error::api("get", "Deployment", name.clone()))?
+        .is_some();
+    kubeapi::apply(&deployments, &objects.deployment).await?;
+    if !existed {
+        tracing::info!(deployment = %name, "created the routers");
+        let note = format!(
+            "created router Deployment {name} ({} replica(s)) and Service {name}",
+            cluster.spec.router.replicas
+        );
+        ctx.normal(
+            &kubeapi::cluster_ref(cluster),
+            "CreatedRouters",
+            "Create",
+            note,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Creates the next ShardMigration of the ring, if one is due.
+async fn migration(ctx: &Context, cluster: &ShardedCluster, plan: &Plan) -> Result<()> {
+    let Some(migration) = &plan.ring.create else {
+        return Ok(());
+    };
+    let api: Api<ShardMigration> = Api::namespaced(ctx.client.clone(), &ns(cluster));
+    if kubeapi::create(&api, migration).await?.is_some() {
+        let name = migration.name_any();
+        let spec = &migration.spec;
+        tracing::info!(migration = %name, from = spec.from_ring.version, to = spec.to_ring.version, "created a migration");
+        let note = format!(
+            "created ShardMigration {name}: ring version {} ({} shard(s)) to {} ({} shard(s))",
+            spec.from_ring.version,
+            spec.from_ring.members.len(),
+            spec.to_ring.version,
+            spec.to_ring.members.len()
+        );
+        ctx.normal(
+            &kubeapi::cluster_ref(cluster),
+            "Rebalancing",
+            "Create",
+            note,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Deletes the Shards a completed migration drained.
+async fn drained_shards(ctx: &Context, cluster: &ShardedCluster, plan: &Plan) -> Result<()> {
+    let api: Api<Shard> = Api::namespaced(ctx.client.clone(), &ns(cluster));
+    for name in &plan.ring.delete {
+        if kubeapi::delete(&api, name).await? {
+            tracing::info!(shard = %name, "deleted a drained Shard");
+            let note = format!("deleted Shard {name}: a completed migration moved all its keys");
+            ctx.normal(
+                &kubeapi::cluster_ref(cluster),
+                "DeletedShard",
+                "Delete",
+                note,
+            )
+            .await;
+        }
+    }
     Ok(())
 }
 

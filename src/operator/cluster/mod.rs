@@ -1,17 +1,21 @@
 //! The ShardedCluster controller: observe → plan → apply → status.
 //!
-//! It owns the cluster's Shards, its credentials Secret and its routing ConfigMap,
-//! and watches the Shards' Services (for the routing table's addresses).
+//! It owns the cluster's Shards, its credentials Secret, its routing ConfigMap, its
+//! routers and its ShardMigrations (created when the ring changes), and watches the
+//! Shards' Services (for the routing table's addresses).
 
 pub mod apply;
 pub mod observe;
 pub mod plan;
+pub mod rebalance;
+pub mod router;
 pub mod status;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::DynamicObject;
 use kube::runtime::controller::{Action, Controller};
@@ -22,7 +26,7 @@ use tracing::instrument;
 
 use super::context::Context;
 use super::error::Result;
-use super::kubeapi::{self, cluster_resource, shard_resource};
+use super::kubeapi::{self, cluster_resource, migration_resource, shard_resource};
 use super::names::{self, label};
 use super::reconciler::{self, Scope};
 use crate::api::ShardedCluster;
@@ -51,6 +55,12 @@ pub fn controller(ctx: &Context, scope: &Scope) -> Controller<DynamicObject> {
         shard_resource(),
         managed.clone(),
     )
+    .owns_with(
+        scope.dynamic(&client, &migration_resource()),
+        migration_resource(),
+        watcher::Config::default(),
+    )
+    .owns(scope.typed::<Deployment>(&client), managed.clone())
     .owns(scope.typed::<Secret>(&client), managed.clone())
     .owns(scope.typed::<ConfigMap>(&client), managed)
     .watches_with(

@@ -5,10 +5,10 @@ use kube::api::DynamicObject;
 use kube::{Api, ResourceExt};
 
 use super::plan::Observed;
-use crate::api::{Shard, ShardedCluster};
+use crate::api::{Shard, ShardMigration, ShardedCluster};
 use crate::operator::context::Context;
 use crate::operator::error::{self, Result};
-use crate::operator::kubeapi::{self, shard_resource};
+use crate::operator::kubeapi::{self, migration_resource, shard_resource};
 use crate::operator::names::{self, label};
 
 /// The cluster's Secret, Shards, Service addresses and routing ConfigMap.
@@ -46,12 +46,37 @@ pub async fn observe(ctx: &Context, cluster: &ShardedCluster) -> Result<Observed
         })
         .collect();
 
+    let migrations = migrations(ctx, &namespace, &name).await?;
+
     Ok(Observed {
         secret,
         shards,
         service_ips,
         routing,
+        migrations,
     })
+}
+
+/// The ShardMigrations of the cluster (by `spec.cluster`, also those created by hand).
+async fn migrations(ctx: &Context, namespace: &str, cluster: &str) -> Result<Vec<ShardMigration>> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), namespace, &migration_resource());
+    let list = api
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(error::api("list", "ShardMigration", namespace))?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|obj| match kubeapi::parse::<ShardMigration>(obj) {
+            Ok(m) if m.spec.cluster == cluster => Some(m),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(%error, "skipping a ShardMigration that cannot be read");
+                None
+            }
+        })
+        .collect())
 }
 
 /// The cluster's Shards; a Shard that cannot be read is logged and skipped (its own

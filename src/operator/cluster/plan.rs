@@ -3,8 +3,8 @@
 //! * One Shard `<C>-<i>` per index of the spec. A new Shard gets `spec.primary`
 //!   (`<C>-<i>-0`) once, at creation; later applies leave that field out, so a
 //!   user's switchover edit is never overwritten.
-//! * Shards beyond `spec.shards` are reported, not deleted (removing a shard needs a
-//!   migration).
+//! * The hash ring and migrations are planned by [`rebalance`]: Shards a completed
+//!   migration drained are deleted, other Shards beyond the spec reported.
 //! * The credentials Secret is planned only when absent or missing keys.
 //! * The routing table's version moves only when its content does.
 
@@ -14,10 +14,13 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use crate::api::{Shard, ShardSpec, ShardedCluster};
+use super::rebalance::{self, RingPlan};
+use crate::api::routing::RoutingReplica;
+use crate::api::routing::{RoutingShard, RoutingTable};
+use crate::api::shard::Role;
+use crate::api::{Shard, ShardMigration, ShardSpec, ShardedCluster};
 use crate::operator::credentials::{self, SecretPlan};
 use crate::operator::names::{self, ROUTING_KEY, ROUTING_VERSION_ANNOTATION};
-use crate::operator::routing::{RoutingShard, RoutingTable};
 
 /// Errors of planning.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,6 +41,8 @@ pub struct Observed {
     pub service_ips: BTreeMap<String, String>,
     /// The routing ConfigMap.
     pub routing: Option<ConfigMap>,
+    /// The ShardMigrations of the cluster.
+    pub migrations: Vec<ShardMigration>,
 }
 
 /// The changes that bring a cluster's objects to its spec.
@@ -49,8 +54,10 @@ pub struct Plan {
     pub create_shards: Vec<Shard>,
     /// Existing Shards to apply (without `spec.primary`).
     pub apply_shards: Vec<Shard>,
-    /// Shards whose index is beyond `spec.shards`.
+    /// Shards outside the spec and the rings that no migration drained: reported.
     pub extra_shards: Vec<String>,
+    /// The ring in effect, the running migration, the next one, drained Shards.
+    pub ring: RingPlan,
     /// The routing table to publish.
     pub routing: RoutingTable,
     /// The routing ConfigMap to apply.
@@ -75,25 +82,20 @@ pub fn plan(cluster: &ShardedCluster, observed: &Observed) -> Result<Plan, PlanE
             create_shards.push(shard(cluster, index, true));
         }
     }
-    let mut extra_shards: Vec<String> = observed
-        .shards
-        .iter()
-        .filter(|s| s.spec.index >= cluster.spec.shards)
-        .map(ResourceExt::name_any)
-        .collect();
-    extra_shards.sort();
+    let ring = rebalance::plan(cluster, &observed.shards, &observed.migrations);
     let published = observed
         .routing
         .as_ref()
         .and_then(|cm| cm.data.as_ref()?.get(ROUTING_KEY))
         .and_then(|json| RoutingTable::parse(json));
-    let routing = routing_table(cluster, name, observed).versioned(published.as_ref());
+    let routing = routing_table(cluster, name, observed, &ring).versioned(published.as_ref());
     Ok(Plan {
         secret: credentials::plan(observed.secret.as_ref()),
         routing_config_map: routing_config_map(cluster, name, &routing),
         create_shards,
         apply_shards,
-        extra_shards,
+        extra_shards: ring.extra.clone(),
+        ring,
         routing,
     })
 }
@@ -127,7 +129,12 @@ pub fn shard(cluster: &ShardedCluster, index: i32, with_primary: bool) -> Shard 
 }
 
 /// The routing table (version 0: see [`RoutingTable::versioned`]).
-fn routing_table(cluster: &ShardedCluster, name: &str, observed: &Observed) -> RoutingTable {
+fn routing_table(
+    cluster: &ShardedCluster,
+    name: &str,
+    observed: &Observed,
+    ring: &RingPlan,
+) -> RoutingTable {
     let port = cluster.spec.engine.port();
     let address = |service: String| {
         observed
@@ -136,13 +143,13 @@ fn routing_table(cluster: &ShardedCluster, name: &str, observed: &Observed) -> R
             .filter(|ip| !ip.is_empty() && *ip != "None")
             .map(|ip| format!("{ip}:{port}"))
     };
-    let shards = (0..cluster.spec.shards)
-        .map(|index| {
+    let shards = ring
+        .keep
+        .iter()
+        .map(|&index| {
             let shard = names::shard_name(name, index);
-            let primary = observed
-                .shards
-                .iter()
-                .find(|s| s.name_any() == shard)
+            let existing = observed.shards.iter().find(|s| s.name_any() == shard);
+            let primary = existing
                 .and_then(|s| {
                     let status = s.status.as_ref().and_then(|st| st.primary.clone());
                     status.or_else(|| s.spec.primary.clone())
@@ -155,6 +162,9 @@ fn routing_table(cluster: &ShardedCluster, name: &str, observed: &Observed) -> R
                 ro: address(names::ro_service(&shard)),
                 primary,
                 name: shard,
+                replicas: existing
+                    .map(|s| readable_replicas(cluster, s, port))
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -163,7 +173,42 @@ fn routing_table(cluster: &ShardedCluster, name: &str, observed: &Observed) -> R
         engine: cluster.spec.engine,
         version: 0,
         shards,
+        ring: ring.current.clone(),
+        migrations: ring.routing.clone(),
     }
+}
+
+/// Replicas of `shard` that may serve reads: only with `router.readFromReplicas`,
+/// streaming, Ready, with a known lag under `router.maxReplicaLagBytes`; lowest lag
+/// first.
+fn readable_replicas(cluster: &ShardedCluster, shard: &Shard, port: i32) -> Vec<RoutingReplica> {
+    let router = &cluster.spec.router;
+    if !router.read_from_replicas {
+        return Vec::new();
+    }
+    let Some(status) = shard.status.as_ref() else {
+        return Vec::new();
+    };
+    let mut readable: Vec<(i64, RoutingReplica)> = status
+        .instances
+        .iter()
+        .filter(|i| i.role == Some(Role::Replica) && i.ready && i.streaming == Some(true))
+        .filter_map(|i| {
+            let lag = i
+                .lag_bytes
+                .filter(|lag| *lag <= router.max_replica_lag_bytes)?;
+            let ip = i.pod_ip.clone()?;
+            Some((
+                lag,
+                RoutingReplica {
+                    name: i.name.clone(),
+                    address: format!("{ip}:{port}"),
+                },
+            ))
+        })
+        .collect();
+    readable.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+    readable.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The routing ConfigMap publishing `table`.

@@ -15,6 +15,8 @@ use crate::operator::shard::status::{INSTANCES_STARTING, SCALING};
 pub const PROVISIONING: &str = "Provisioning";
 /// Phase when every shard is ready.
 pub const READY: &str = "Ready";
+/// Phase when every shard is ready and a ShardMigration moves ranges.
+pub const REBALANCING: &str = "Rebalancing";
 /// Phase when a shard is not ready and not on its way (instances failed or
 /// restarted), or shards exist beyond the spec.
 pub const DEGRADED: &str = "Degraded";
@@ -61,7 +63,15 @@ pub fn status(
         .map(|s| s.name_any())
         .collect();
     let all_ready = ready_shards >= wanted && plan.create_shards.is_empty();
-    let phase = phase(all_ready, !plan.extra_shards.is_empty(), !broken.is_empty());
+    let degraded_ring = plan.ring.waiting.as_ref().is_some_and(|w| w.2);
+    let mut phase = phase(
+        all_ready,
+        !plan.extra_shards.is_empty() || degraded_ring,
+        !broken.is_empty(),
+    );
+    if phase == READY && plan.ring.active.is_some() {
+        phase = REBALANCING;
+    }
     let desired = vec![
         ready_condition(all_ready, ready_shards, wanted, &not_ready),
         progressing_condition(plan, &not_ready, &broken),
@@ -73,7 +83,9 @@ pub fn status(
         shards: count(shards.iter()) + count(plan.create_shards.iter()),
         ready_shards,
         routing_version: Some(plan.routing.version),
-        ring_version: previous.ring_version,
+        ring_version: plan.ring.current.as_ref().map(|r| r.version),
+        ring: plan.ring.current.clone(),
+        migration: plan.ring.active.clone(),
         primaries: primaries(shards),
         credentials_secret: Some(names::secret_name(&cluster.name_any())),
         conditions: settle(
@@ -149,7 +161,15 @@ fn progressing_condition(plan: &Plan, not_ready: &[String], broken: &[String]) -
         .filter(|n| !broken.contains(n))
         .cloned()
         .collect();
-    if !plan.create_shards.is_empty() {
+    if let Some(active) = &plan.ring.active {
+        Desired::yes(
+            condition::PROGRESSING,
+            "Rebalancing",
+            format!("ShardMigration {active} is moving hash ranges between shards"),
+        )
+    } else if let Some((reason, message, false)) = &plan.ring.waiting {
+        Desired::yes(condition::PROGRESSING, reason, message.clone())
+    } else if !plan.create_shards.is_empty() {
         let created: Vec<String> = plan.create_shards.iter().map(|s| s.name_any()).collect();
         Desired::yes(
             condition::PROGRESSING,
@@ -172,14 +192,16 @@ fn progressing_condition(plan: &Plan, not_ready: &[String], broken: &[String]) -
 }
 
 fn degraded_condition(plan: &Plan, wanted: i32, broken: &[String]) -> Desired {
-    if !plan.extra_shards.is_empty() {
+    if let Some((reason, message, true)) = &plan.ring.waiting {
+        Desired::yes(condition::DEGRADED, reason, message.clone())
+    } else if !plan.extra_shards.is_empty() {
         Desired::yes(
             condition::DEGRADED,
             "ShardsBeyondSpec",
             format!(
-                "{} exist beyond spec.shards={wanted}; shards are not removed without a \
-                 migration that drains them (not implemented yet), so they keep running \
-                 outside the routing table",
+                "{} exist beyond spec.shards={wanted} and outside the hash ring, and no \
+                 migration drained them, so they are not deleted (they may hold keys written \
+                 to them directly); delete them yourself once they are empty",
                 name_list(&plan.extra_shards, 5)
             ),
         )

@@ -11,12 +11,12 @@ use serde_json::json;
 
 use super::plan::{Observed, Plan, plan, shard};
 use super::status::{PROVISIONING, phase, shard_progressing, shard_ready, status};
+use crate::api::routing::RoutingTable;
 use crate::api::{Shard, ShardStatus, ShardedCluster, ShardedClusterStatus};
 use crate::operator::conditions::{Desired, settle};
 use crate::operator::credentials::SecretPlan;
 use crate::operator::fixtures::{load, yaml};
 use crate::operator::names::{ROUTING_KEY, ROUTING_VERSION_ANNOTATION, label};
-use crate::operator::routing::RoutingTable;
 
 fn redis() -> ShardedCluster {
     load("redis-cluster.yaml")
@@ -294,7 +294,9 @@ fn routing_lists_service_addresses_and_primaries() {
              "rw": "127.21.0.10:6379", "ro": "127.21.0.11:6379", "primary": "cache-0-0"},
             {"index": 1, "name": "cache-1", "weight": 3,
              "rw": "127.21.0.20:6379", "ro": "127.21.0.21:6379", "primary": "cache-1-1"}
-        ]})
+        ], "ring": {"version": 1, "vnodesPerWeight": 128, "members": [
+            {"shard": 0, "weight": 1}, {"shard": 1, "weight": 3}
+        ]}})
     );
 }
 
@@ -514,4 +516,205 @@ fn phases() {
     assert_eq!(phase(false, false, false), "Provisioning");
     assert_eq!(phase(false, false, true), "Degraded");
     assert_eq!(phase(true, true, false), "Degraded");
+}
+
+mod rebalancing {
+    use super::*;
+    use crate::api::ShardMigration;
+    use crate::api::routing::RoutingPhase;
+    use crate::api::shard_migration::{MigrationRouting, ShardMigrationStatus};
+    use crate::operator::cluster::rebalance::{self, desired_members};
+    use crate::ring::RingDescriptor;
+
+    fn with_ring(mut cluster: ShardedCluster, ring: RingDescriptor) -> ShardedCluster {
+        cluster.status = Some(ShardedClusterStatus {
+            ring: Some(ring),
+            ..ShardedClusterStatus::default()
+        });
+        cluster
+    }
+
+    fn ring_of(cluster: &ShardedCluster, version: i64) -> RingDescriptor {
+        RingDescriptor {
+            version,
+            vnodes_per_weight: 128,
+            members: desired_members(cluster),
+        }
+    }
+
+    fn scaled(shards: i32) -> ShardedCluster {
+        let mut cluster = redis();
+        cluster.spec.shards = shards;
+        cluster
+    }
+
+    fn with_phase(
+        mut m: ShardMigration,
+        phase: &str,
+        routing: Option<MigrationRouting>,
+    ) -> ShardMigration {
+        m.status = Some(ShardMigrationStatus {
+            phase: Some(phase.into()),
+            routing,
+            ..ShardMigrationStatus::default()
+        });
+        m
+    }
+
+    #[test]
+    fn a_new_cluster_starts_at_ring_version_one_with_nothing_to_move() {
+        let cluster = redis();
+        let plan = rebalance::plan(&cluster, &shards(&cluster, &[State::Ready; 2]), &[]);
+        assert_eq!(plan.current, Some(ring_of(&cluster, 1)));
+        assert!(plan.create.is_none() && plan.active.is_none() && plan.waiting.is_none());
+        assert_eq!(plan.keep.iter().copied().collect::<Vec<_>>(), [0, 1]);
+    }
+
+    #[test]
+    fn more_shards_wait_for_the_new_shard_then_create_one_migration() {
+        let before = redis();
+        let cluster = with_ring(scaled(3), ring_of(&before, 4));
+        let mut states = vec![State::Ready, State::Ready, State::Starting];
+        let plan = rebalance::plan(&cluster, &shards(&cluster, &states), &[]);
+        assert!(plan.create.is_none(), "not before the new shard is Ready");
+        let (reason, message, degraded) = plan.waiting.clone().unwrap();
+        assert_eq!(reason, "WaitingForShards");
+        assert!(message.contains("cache-2") && !degraded, "{message}");
+        assert_eq!(plan.current.as_ref().unwrap().version, 4, "the ring stays");
+
+        states[2] = State::Ready;
+        let plan = rebalance::plan(&cluster, &shards(&cluster, &states), &[]);
+        let created = plan.create.expect("a migration");
+        assert_eq!(created.name_any(), "cache-ring-5");
+        assert_eq!(created.spec.from_ring, ring_of(&before, 4));
+        assert_eq!(created.spec.to_ring.version, 5);
+        assert_eq!(created.spec.to_ring.members.len(), 3);
+        assert_eq!(created.owner_references()[0].name, "cache");
+    }
+
+    #[test]
+    fn a_running_migration_is_published_and_a_committed_one_advances_the_ring() {
+        let before = redis();
+        let cluster = with_ring(scaled(3), ring_of(&before, 1));
+        let all = shards(&cluster, &[State::Ready; 3]);
+        let target = ring_of(&cluster, 2);
+        let m = rebalance::migration(
+            &cluster,
+            "cache-ring-2",
+            ring_of(&before, 1),
+            target.clone(),
+        );
+
+        let running = with_phase(m.clone(), "Backfill", Some(MigrationRouting::DualWrite));
+        let plan = rebalance::plan(&cluster, &all, std::slice::from_ref(&running));
+        assert_eq!(plan.active.as_deref(), Some("cache-ring-2"));
+        assert!(plan.create.is_none(), "one migration at a time");
+        assert_eq!(plan.current.as_ref().unwrap().version, 1);
+        assert_eq!(plan.routing.len(), 1);
+        assert_eq!(plan.routing[0].phase, RoutingPhase::DualWrite);
+        assert!(plan.routing[0].moves.iter().all(|mv| mv.target == 2));
+
+        let committed = with_phase(m.clone(), "SwitchWrites", Some(MigrationRouting::Committed));
+        let plan = rebalance::plan(&cluster, &all, &[committed]);
+        assert_eq!(plan.current, Some(target.clone()));
+        assert!(plan.routing.is_empty(), "the targets own the ranges now");
+
+        let done = with_phase(m, "Completed", Some(MigrationRouting::Committed));
+        let plan = rebalance::plan(&with_ring(scaled(3), target), &all, &[done]);
+        assert!(plan.active.is_none() && plan.create.is_none() && plan.delete.is_empty());
+    }
+
+    #[test]
+    fn a_drained_shard_is_deleted_only_after_its_migration_completed() {
+        let wide = scaled(3);
+        let cluster = with_ring(scaled(2), ring_of(&wide, 2));
+        let all = shards(&cluster, &[State::Ready; 3]);
+        let plan = rebalance::plan(&cluster, &all, &[]);
+        let drain = plan.create.clone().expect("a draining migration");
+        assert_eq!(drain.spec.to_ring.members.len(), 2);
+        assert!(
+            plan.keep.contains(&2),
+            "the leaving shard stays while it holds keys"
+        );
+        assert!(plan.delete.is_empty() && plan.extra.is_empty());
+
+        let running = with_phase(drain.clone(), "Cleanup", Some(MigrationRouting::Committed));
+        let plan = rebalance::plan(&cluster, &all, std::slice::from_ref(&running));
+        assert!(plan.delete.is_empty(), "still cleaning up");
+        assert_eq!(plan.current.as_ref().unwrap().members.len(), 2);
+
+        let done = with_phase(drain, "Completed", Some(MigrationRouting::Committed));
+        let committed_ring = with_ring(scaled(2), ring_of(&scaled(2), 3));
+        let plan = rebalance::plan(&committed_ring, &all, &[done]);
+        assert_eq!(plan.delete, ["cache-2"]);
+    }
+
+    #[test]
+    fn a_rolled_back_migration_blocks_the_same_change_and_says_how_to_go_on() {
+        let before = redis();
+        let cluster = with_ring(scaled(3), ring_of(&before, 1));
+        let all = shards(&cluster, &[State::Ready; 3]);
+        let m = rebalance::migration(
+            &cluster,
+            "cache-ring-2",
+            ring_of(&before, 1),
+            ring_of(&cluster, 2),
+        );
+        let rolled_back = with_phase(m, "RolledBack", None);
+        let plan = rebalance::plan(&cluster, &all, &[rolled_back]);
+        assert!(plan.create.is_none());
+        let (reason, message, degraded) = plan.waiting.unwrap();
+        assert_eq!(reason, "RebalanceRolledBack");
+        assert!(degraded);
+        assert!(
+            message.contains("cache-ring-2") && message.contains("delete"),
+            "{message}"
+        );
+        let status = status_of_plan(&cluster, &all);
+        assert_eq!(condition(&status, "Degraded").reason, "RebalanceRolledBack");
+    }
+
+    #[test]
+    fn the_target_of_a_rolled_back_migration_is_deleted_once_the_spec_drops_it() {
+        let before = redis();
+        let grown = scaled(3);
+        let m = rebalance::migration(
+            &grown,
+            "cache-ring-2",
+            ring_of(&before, 1),
+            ring_of(&grown, 2),
+        );
+        let rolled_back = with_phase(m, "RolledBack", None);
+        let reverted = with_ring(redis(), ring_of(&before, 1));
+        let all = shards(&grown, &[State::Ready; 3]);
+        let plan = rebalance::plan(&reverted, &all, std::slice::from_ref(&rolled_back));
+        assert_eq!(
+            plan.delete,
+            ["cache-2"],
+            "its copies were deleted by the rollback"
+        );
+        assert!(plan.extra.is_empty() && plan.waiting.is_none());
+        let plan = rebalance::plan(&reverted, &all, &[]);
+        assert_eq!(
+            plan.extra,
+            ["cache-2"],
+            "a shard no migration emptied is only reported"
+        );
+    }
+
+    fn status_of_plan(cluster: &ShardedCluster, all: &[Shard]) -> ShardedClusterStatus {
+        let m = rebalance::migration(
+            cluster,
+            "cache-ring-2",
+            ring_of(&redis(), 1),
+            ring_of(cluster, 2),
+        );
+        let observed = Observed {
+            shards: all.to_vec(),
+            migrations: vec![with_phase(m, "RolledBack", None)],
+            ..Observed::default()
+        };
+        let plan = plan_for(cluster, &observed);
+        status(cluster, &plan, all, &now())
+    }
 }

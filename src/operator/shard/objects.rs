@@ -228,7 +228,8 @@ fn value(name: &str, value: &str) -> EnvVar {
     }
 }
 
-fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+/// Env var `name` from key `key` of Secret `secret`.
+pub(crate) fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value: None,
@@ -243,7 +244,8 @@ fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-fn from_field(name: &str, path: &str) -> EnvVar {
+/// Env var `name` from the Pod field `path` (downward API).
+pub(crate) fn from_field(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value: None,

@@ -1,11 +1,25 @@
 //! The routing table published in the `<cluster>-routing` ConfigMap (key
-//! `routing.json`): where each shard's primary and replicas are reached.
+//! `routing.json`): where each shard's primary and replicas are reached, the hash
+//! ring in effect and every in-flight migration's moving ranges (see
+//! `docs/migration.md` for how routers treat them).
 //!
 //! Its `version` increases by one whenever anything else in the document changes.
 
 use serde::{Deserialize, Serialize};
 
 use crate::api::Engine;
+use crate::ring::{RangeMove, RingDescriptor};
+
+/// Redis database of the migration bookkeeping on a source shard's primary
+/// (clients use database 0 only).
+pub const DIRTY_DB: i64 = 1;
+
+/// The set, in [`DIRTY_DB`] of a migration's source shards, of keys written in moving
+/// ranges while the migration dual-writes (routers add each key after the source
+/// acknowledged the write; the operator re-copies and removes them).
+pub fn dirty_set_key(migration: &str) -> String {
+    format!("ringmaster:dirty:{migration}")
+}
 
 /// The document of `routing.json`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -16,8 +30,50 @@ pub struct RoutingTable {
     pub engine: Engine,
     /// Increases by one on every change of the rest of the document.
     pub version: i64,
-    /// Every shard of the spec, by index.
+    /// Every shard that exists or is being drained, by index.
     pub shards: Vec<RoutingShard>,
+    /// The hash ring in effect: the owner of every key outside moving ranges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<RingDescriptor>,
+    /// In-flight migrations whose ranges routers treat specially.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<RoutingMigration>,
+}
+
+/// How routers treat the moving ranges of one migration.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub enum RoutingPhase {
+    /// Reads from the source; writes to the source, then its key is added to the
+    /// dirty set, then the same write goes to the target. The client gets the
+    /// source's reply.
+    DualWrite,
+    /// As `dualWrite`, but reads come from the target.
+    SwitchReads,
+    /// Reads from the target; writes to the moving ranges are held until the next
+    /// routing version (at most a few seconds), then fail with `TRYAGAIN`.
+    Frozen,
+}
+
+/// One in-flight migration in the routing table.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingMigration {
+    /// The ShardMigration's name (also names its dirty set).
+    pub name: String,
+    /// How the moving ranges are routed.
+    pub phase: RoutingPhase,
+    /// The moving ranges, each with its source and target shard index.
+    pub moves: Vec<RangeMove>,
+}
+
+/// A replica a router may read from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RoutingReplica {
+    /// The replica's Pod name.
+    pub name: String,
+    /// `podIP:port`.
+    pub address: String,
 }
 
 /// One shard of the routing table.
@@ -37,6 +93,10 @@ pub struct RoutingShard {
     pub ro: Option<String>,
     /// The primary instance's Pod name.
     pub primary: String,
+    /// Replicas that may serve reads (only when the cluster's `router.readFromReplicas`
+    /// is on): streaming, lag under `router.maxReplicaLagBytes`, lowest lag first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<RoutingReplica>,
 }
 
 impl RoutingTable {
@@ -53,7 +113,11 @@ impl RoutingTable {
 
     /// Whether `self` and `other` differ in anything but `version`.
     pub fn same_content(&self, other: &RoutingTable) -> bool {
-        self.cluster == other.cluster && self.engine == other.engine && self.shards == other.shards
+        self.cluster == other.cluster
+            && self.engine == other.engine
+            && self.shards == other.shards
+            && self.ring == other.ring
+            && self.migrations == other.migrations
     }
 
     /// `self` with the version it should be published at, given the table currently
@@ -85,7 +149,10 @@ mod tests {
                 rw: rw.map(str::to_owned),
                 ro: None,
                 primary: "c-0-0".into(),
+                replicas: Vec::new(),
             }],
+            ring: None,
+            migrations: Vec::new(),
         }
     }
 
