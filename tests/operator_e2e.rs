@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::ResourceExt;
@@ -101,6 +102,14 @@ fn selector(cluster_name: &str) -> ListParams {
 
 async fn cluster_pods(pods: &Api<Pod>, cluster_name: &str) -> Vec<Pod> {
     pods.list(&selector(cluster_name)).await.unwrap().items
+}
+
+/// The cluster's database instances (not its routers).
+async fn instance_pods(pods: &Api<Pod>, cluster_name: &str) -> Vec<Pod> {
+    let lp = ListParams::default().labels(&format!(
+        "ringmaster.dev/cluster={cluster_name},app.kubernetes.io/component=database"
+    ));
+    pods.list(&lp).await.unwrap().items
 }
 
 async fn secret_value(client: &kube::Client, ns: &str, name: &str, key: &str) -> String {
@@ -393,7 +402,7 @@ async fn wait_for_instances(
     let what =
         format!("{cluster_name}: {shards} shards × {per_shard} Ready instances and nothing else");
     wait_for(&what, READY_WAIT, POLL, || async {
-        let all = cluster_pods(pods, cluster_name).await;
+        let all = instance_pods(pods, cluster_name).await;
         let done = all.len() == shards * per_shard && all.iter().all(is_ready);
         Ok(done.then_some(all))
     })
@@ -421,6 +430,31 @@ async fn operator_from_helm_runs_the_examples() {
     assert_eq!(orders.status.as_ref().unwrap().ready_shards, 2);
     let cache_pods = wait_for_instances(&pods, "cache", 3, 2).await;
     let orders_pods = wait_for_instances(&pods, "orders", 2, 2).await;
+    // The Redis cluster gets its routers (the operator from the chart may create their
+    // ServiceAccount, Role and RoleBinding); the PostgreSQL one does not.
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns.name());
+    wait_for(
+        "cache's 2 routers to be ready",
+        READY_WAIT,
+        POLL,
+        || async {
+            let ready = deployments
+                .get_opt("cache-router")
+                .await?
+                .and_then(|d| d.status?.ready_replicas);
+            Ok((ready == Some(2)).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        deployments
+            .get_opt("orders-router")
+            .await
+            .unwrap()
+            .is_none(),
+        "no routers for PostgreSQL"
+    );
     for pod in cache_pods.iter().chain(&orders_pods) {
         let owner = pod
             .owner_references()

@@ -269,7 +269,9 @@ async fn redis_cluster_is_provisioned_ready_idempotent_and_collected() {
     }
 
     let pods = [["cache-0-0", "cache-0-1"], ["cache-1-0", "cache-1-1"]].concat();
-    wait_names("the Pods", &apis.pods, selector, &pods, &operator).await;
+    // Instances only: the cluster's routers are Pods of its Deployment.
+    let instances = format!("{selector},app.kubernetes.io/component=database");
+    wait_names("the Pods", &apis.pods, &instances, &pods, &operator).await;
     let pvcs: Vec<String> = pods.iter().map(|p| format!("data-{p}")).collect();
     let pvcs: Vec<&str> = pvcs.iter().map(String::as_str).collect();
     wait_names("the PVCs", &apis.pvcs, selector, &pvcs, &operator).await;
@@ -280,6 +282,7 @@ async fn redis_cluster_is_provisioned_ready_idempotent_and_collected() {
         "cache-1-rw",
         "cache-1-ro",
         "cache-1-pods",
+        "cache-router",
     ];
     wait_names(
         "the Services",
@@ -301,7 +304,7 @@ async fn redis_cluster_is_provisioned_ready_idempotent_and_collected() {
         .collect();
     for pod in apis
         .pods
-        .list(&ListParams::default().labels(selector))
+        .list(&ListParams::default().labels(&instances))
         .await
         .unwrap()
         .items
@@ -541,6 +544,8 @@ async fn scaling_self_healing_and_shards_beyond_the_spec() {
     let apis = Apis::new(&client, ns.name());
     let operator = Operator::start(cluster, ns.name());
     let selector = "app.kubernetes.io/managed-by=ringmaster,ringmaster.dev/cluster=kv";
+    // Instances only: the cluster's routers are Pods of its Deployment.
+    let instances = format!("{selector},app.kubernetes.io/component=database");
 
     apis.clusters
         .create(&PostParams::default(), &redis_cluster("kv", 1, 1))
@@ -557,7 +562,7 @@ async fn scaling_self_healing_and_shards_beyond_the_spec() {
     wait_names(
         "three instances",
         &apis.pods,
-        selector,
+        &instances,
         &["kv-0-0", "kv-0-1", "kv-0-2"],
         &operator,
     )
@@ -598,7 +603,7 @@ async fn scaling_self_healing_and_shards_beyond_the_spec() {
     wait_names(
         "only the primary",
         &apis.pods,
-        selector,
+        &instances,
         &["kv-0-0"],
         &operator,
     )

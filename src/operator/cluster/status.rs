@@ -54,6 +54,8 @@ pub fn status(
 ) -> ShardedClusterStatus {
     let previous = cluster.status.clone().unwrap_or_default();
     let wanted = cluster.spec.shards;
+    let shards = as_applied(plan, shards);
+    let shards = shards.as_slice();
     let in_spec: Vec<&Shard> = shards.iter().filter(|s| s.spec.index < wanted).collect();
     let ready_shards = count(in_spec.iter().filter(|s| shard_ready(s)));
     let not_ready = not_ready(cluster, &in_spec);
@@ -95,6 +97,30 @@ pub fn status(
             now,
         ),
     }
+}
+
+/// `shards` as the apply left them: a Shard whose spec the plan changed has a new
+/// generation its controller has not seen yet, so it is not ready but on its way
+/// (else a cluster read before the apply would look Ready for the new spec).
+fn as_applied(plan: &Plan, shards: &[Shard]) -> Vec<Shard> {
+    shards
+        .iter()
+        .map(|observed| {
+            let mut shard = observed.clone();
+            let planned = plan
+                .apply_shards
+                .iter()
+                .find(|p| p.name_any() == observed.name_any());
+            if let Some(planned) = planned {
+                let mut seen = observed.spec.clone();
+                seen.primary = None;
+                if seen != planned.spec {
+                    shard.metadata.generation = observed.metadata.generation.map(|g| g + 1);
+                }
+            }
+            shard
+        })
+        .collect()
 }
 
 fn count<T>(it: impl Iterator<Item = T>) -> i32 {
