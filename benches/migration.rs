@@ -13,97 +13,42 @@
 //! Run with `cargo bench -p ringmaster --bench migration`; skips when `redis-server`
 //! is missing.
 
+#[path = "../tests/common/redis_servers.rs"]
+mod redis_servers;
+
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::Value;
 use redis::aio::MultiplexedConnection;
+use redis_servers::{PASSWORD, RedisServer};
 use ringmaster::engine::redis::{self as data, Endpoint, SourcePlan};
 use ringmaster::ring::{HashRange, RangeMove};
 
-const PASSWORD: &str = "pw";
 const KEYS: usize = 200_000;
 const COUNT: usize = 1000;
 const RUNS: usize = 3;
 
-/// A `redis-server` on a free loopback port, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let child = Command::new("/usr/bin/redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--requirepass",
-                PASSWORD,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let server = Server {
-            child,
-            port,
-            _dir: dir,
-        };
-        let start = Instant::now();
-        loop {
-            if let Ok(mut con) = server.try_raw().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut con)
-                    .await
-                    .is_ok()
-            {
-                return server;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-    }
-
-    async fn try_raw(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let url = format!("redis://:{PASSWORD}@127.0.0.1:{}/0", self.port);
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(60)));
-        redis::Client::open(url)?
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-    }
-
-    fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            address: format!("127.0.0.1:{}", self.port),
-            username: "default".into(),
-            password: PASSWORD.into(),
-        }
+/// The engine's view of `server`.
+fn endpoint(server: &RedisServer) -> Endpoint {
+    Endpoint {
+        address: server.addr(),
+        username: "default".into(),
+        password: PASSWORD.into(),
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A plain client connection to database 0 of `server`.
+async fn raw_connection(server: &RedisServer) -> MultiplexedConnection {
+    let url = format!("redis://:{PASSWORD}@{}/0", server.addr());
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(60)));
+    redis::Client::open(url)
+        .expect("a redis URL")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("a raw connection")
 }
 
 /// Keys and `DUMP` payload bytes copied in `elapsed`.
@@ -155,11 +100,29 @@ async fn flush(con: &mut MultiplexedConnection) {
         .expect("FLUSHDB");
 }
 
+/// Runs `batch` from cursor 0 until it returns cursor 0, timed; `batch(cursor)` is the
+/// next cursor and the keys and bytes it copied.
+async fn copy_all(mut batch: impl AsyncFnMut(u64) -> (u64, u64, u64)) -> Run {
+    let start = Instant::now();
+    let (mut cursor, mut keys, mut bytes) = (0, 0, 0);
+    loop {
+        let (next, copied, copied_bytes) = batch(cursor).await;
+        keys += copied;
+        bytes += copied_bytes;
+        cursor = next;
+        if cursor == 0 {
+            return Run {
+                keys,
+                bytes,
+                elapsed: start.elapsed(),
+            };
+        }
+    }
+}
+
 /// The baseline: SCAN, pipelined DUMP, pipelined RESTORE REPLACE.
 async fn raw_copy(src: &mut MultiplexedConnection, dst: &mut MultiplexedConnection) -> Run {
-    let start = Instant::now();
-    let (mut cursor, mut keys, mut bytes) = (0u64, 0u64, 0u64);
-    loop {
+    copy_all(async |cursor| {
         let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("COUNT")
@@ -172,6 +135,7 @@ async fn raw_copy(src: &mut MultiplexedConnection, dst: &mut MultiplexedConnecti
             dumps.cmd("DUMP").arg(key);
         }
         let payloads: Vec<Value> = dumps.query_async(src).await.expect("DUMP");
+        let (mut keys, mut bytes) = (0, 0);
         let mut restores = redis::pipe();
         for (key, payload) in batch.iter().zip(payloads) {
             if let Value::BulkString(payload) = payload {
@@ -187,25 +151,18 @@ async fn raw_copy(src: &mut MultiplexedConnection, dst: &mut MultiplexedConnecti
             }
         }
         let _: () = restores.query_async(dst).await.expect("RESTORE");
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    Run {
-        keys,
-        bytes,
-        elapsed: start.elapsed(),
-    }
+        (next, keys, bytes)
+    })
+    .await
 }
 
 /// `backfill_batch` over the whole source.
-async fn backfill(source: &Server, target: &Server) -> Run {
+async fn backfill(source: &RedisServer, target: &RedisServer) -> Run {
     let timeout = Duration::from_secs(30);
-    let mut src = data::connect(&source.endpoint(), 0, timeout).await.unwrap();
+    let mut src = data::connect(&endpoint(source), 0, timeout).await.unwrap();
     let mut targets = BTreeMap::from([(
         1,
-        data::connect(&target.endpoint(), 0, timeout).await.unwrap(),
+        data::connect(&endpoint(target), 0, timeout).await.unwrap(),
     )]);
     let plan = SourcePlan::new(
         0,
@@ -215,24 +172,13 @@ async fn backfill(source: &Server, target: &Server) -> Run {
             target: 1,
         }],
     );
-    let start = Instant::now();
-    let (mut cursor, mut keys, mut bytes) = (0u64, 0u64, 0u64);
-    loop {
+    copy_all(async |cursor| {
         let o = data::backfill_batch(&mut src, &mut targets, &plan, cursor, COUNT)
             .await
             .expect("backfill batch");
-        keys += o.copied;
-        bytes += o.bytes;
-        cursor = o.next_cursor;
-        if cursor == 0 {
-            break;
-        }
-    }
-    Run {
-        keys,
-        bytes,
-        elapsed: start.elapsed(),
-    }
+        (o.next_cursor, o.copied, o.bytes)
+    })
+    .await
 }
 
 fn best(runs: &[Run]) -> Run {
@@ -263,9 +209,8 @@ async fn main() {
         println!("migration bench: run with `cargo bench` to measure");
         return;
     }
-    let (source, target) = (Server::start().await, Server::start().await);
-    let mut src = source.try_raw().await.expect("source connection");
-    let mut dst = target.try_raw().await.expect("target connection");
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let (mut src, mut dst) = (raw_connection(&source).await, raw_connection(&target).await);
     for value_size in [100, 1024] {
         flush(&mut src).await;
         load(&mut src, value_size).await;

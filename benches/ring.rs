@@ -81,9 +81,9 @@ fn lookup(c: &mut Criterion) {
             key_hash(black_box(&keys[i]))
         })
     });
+    let hashes: Vec<u64> = keys.iter().map(|k| key_hash(k)).collect();
     for shards in [3, 16, 64] {
         let ring = ring(shards, 128);
-        let hashes: Vec<u64> = keys.iter().map(|k| key_hash(k)).collect();
         group.bench_function(format!("owner (search only)/{shards} shards"), |b| {
             b.iter(|| {
                 i = (i + 1) & 1023;

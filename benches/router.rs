@@ -40,7 +40,7 @@ fn main() {
         return;
     }
     let started = Instant::now();
-    let servers = [RedisServer::start(PASSWORD), RedisServer::start(PASSWORD)];
+    let servers = [RedisServer::start(), RedisServer::start()];
     let table = routing_table(1, &[&servers[0], &servers[1]], 1, &[0, 1], Vec::new());
     let router = RouterProcess::start(BINARY, &table, &["--log-level", "warn"]);
     println!(

@@ -20,7 +20,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use common::agent_host::{
-    agent_path, children_where, http, installed, is_root, non_root_prefix, proc_state, signal,
+    agent_command, agent_path, children_where, http, installed, is_root, proc_state, signal,
     skip_reason,
 };
 
@@ -125,19 +125,8 @@ impl Instance {
         self.runs += 1;
         let log = self.dir.path().join(format!("agent-{}.log", self.runs));
         let out = File::create(&log).unwrap();
-        let prefix = non_root_prefix().unwrap();
-        let mut cmd = match prefix.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(env!("CARGO_BIN_EXE_ringmaster"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_ringmaster")),
-        };
-        cmd.arg("instance")
-            .env_clear()
-            .env("PATH", agent_path())
-            .env("RINGMASTER_ENGINE", self.engine)
+        let mut cmd = agent_command();
+        cmd.env("RINGMASTER_ENGINE", self.engine)
             .env("RINGMASTER_CLUSTER", "c")
             .env("RINGMASTER_SHARD", "0")
             .env("RINGMASTER_ROLE", self.role)

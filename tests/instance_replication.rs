@@ -12,14 +12,14 @@ mod common;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use common::agent_host::{
-    agent_path, alive, children_where, http, is_root, non_root_prefix, signal, skip_reason,
+    agent_command, alive, children_where, http, is_root, signal, skip_reason,
 };
 
 const AGENT_PORT: u16 = 8000;
@@ -118,19 +118,8 @@ impl Node {
         self.runs += 1;
         self.log = self.dir.path().join(format!("agent-{}.log", self.runs));
         let out = File::create(&self.log).unwrap();
-        let prefix = non_root_prefix().unwrap();
-        let mut cmd = match prefix.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(env!("CARGO_BIN_EXE_ringmaster"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_ringmaster")),
-        };
-        cmd.arg("instance")
-            .env_clear()
-            .env("PATH", agent_path())
-            .env("RINGMASTER_ENGINE", "postgres")
+        let mut cmd = agent_command();
+        cmd.env("RINGMASTER_ENGINE", "postgres")
             .env("RINGMASTER_ROLE", self.env_role)
             .env("RINGMASTER_DATA_DIR", self.data_dir())
             .env("RINGMASTER_RUN_DIR", self.dir.path().join("run"))

@@ -44,7 +44,7 @@ use ringmaster::api::{Shard, ShardMigration, ShardedCluster};
 use ringmaster::ring::{Ring, RingDescriptor};
 use ringmaster_e2e::{Cluster, TestNamespace, wait_for};
 use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Scenarios at a time: each runs 6 to 10 redis-servers, 2 routers and an operator
 /// on 2 cores.
@@ -92,6 +92,10 @@ struct Rig {
     events: Api<Event>,
     deployments: Api<Deployment>,
     ledger: Ledger,
+    /// When the scenario got its slot.
+    began: Instant,
+    /// (dropped last: the slot is free once the namespace is gone)
+    _slot: SemaphorePermit<'static>,
 }
 
 /// A migration run to its end: the object and the phases seen while polling.
@@ -102,9 +106,12 @@ struct Followed {
 }
 
 impl Rig {
-    /// Namespace `<prefix>-…`, an operator, and ShardedCluster `name` with `shards`
-    /// shards, 1 replica each, failover after 2 s, 2 routers (see [`Rig::wait_ready`]).
+    /// Once a slot is free: namespace `<prefix>-…`, an operator, and ShardedCluster
+    /// `name` with `shards` shards, 1 replica each, failover after 2 s, 2 routers (see
+    /// [`Rig::wait_ready`]).
     async fn start(prefix: &str, name: &str, shards: i32) -> Self {
+        let slot = SLOTS.acquire().await.expect("the scenario semaphore");
+        let began = Instant::now();
         let cluster = Cluster::shared();
         install_crds(cluster).await;
         let namespace = cluster.namespace(prefix).await;
@@ -125,6 +132,8 @@ impl Rig {
             deployments: Api::namespaced(client, &ns),
             namespace,
             ledger: Ledger::new(),
+            began,
+            _slot: slot,
         };
         let sc: ShardedCluster = serde_json::from_value(json!({
             "apiVersion": "ringmaster.dev/v1alpha1",
@@ -160,10 +169,7 @@ impl Rig {
                 String::from_utf8_lossy(&out.stderr)
             )
         };
-        let selector = format!(
-            "ringmaster.dev/cluster={},app.kubernetes.io/component=router",
-            self.name
-        );
+        let selector = self.router_selector();
         [
             run(&["get", KINDS, "-n", ns, "-o", "wide"]),
             run(&[
@@ -188,6 +194,14 @@ impl Rig {
                 .map_or_else(|| "no operator running".to_owned(), Operator::log_tail),
         ]
         .join("\n")
+    }
+
+    /// The label selector of the router Pods.
+    fn router_selector(&self) -> String {
+        format!(
+            "ringmaster.dev/cluster={},app.kubernetes.io/component=router",
+            self.name
+        )
     }
 
     fn fail(&self, what: &str, e: anyhow::Error) -> ! {
@@ -254,6 +268,15 @@ impl Rig {
             &format!("setting spec.shards to {shards}"),
             result.map_err(Into::into),
         );
+    }
+
+    /// Sets `spec.shards` to `shards` and waits until the migration from `ring` to the
+    /// next ring exists; returns its name.
+    async fn scale(&self, shards: i32, ring: &RingDescriptor) -> String {
+        self.set_shards(shards).await;
+        let name = self.next_migration(ring);
+        self.wait_migration_created(&name).await;
+        name
     }
 
     async fn patch_migration(&self, name: &str, spec: serde_json::Value) {
@@ -324,13 +347,9 @@ impl Rig {
                 status.replicas
             ));
         }
-        let selector = format!(
-            "ringmaster.dev/cluster={},app.kubernetes.io/component=router",
-            self.name
-        );
         let pods = self
             .pods
-            .list(&ListParams::default().labels(&selector))
+            .list(&ListParams::default().labels(&self.router_selector()))
             .await?;
         for pod in pods
             .items
@@ -792,18 +811,18 @@ fn assert_load_ok(rig: &Rig, report: &LoadReport, what: &str) {
 /// Scale-out 3 → 4 and scale-in 4 → 3 under a continuous load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_then_in_under_load() {
-    let _slot = SLOTS.acquire().await.unwrap();
-    let began = Instant::now();
     let mut rig = Rig::start("mig-scale", "scale", 3).await;
     let ring1 = rig.wait_ready(3).await;
-    println!("{}: 3 shards Ready after {:.1?}", rig.name, began.elapsed());
+    println!(
+        "{}: 3 shards Ready after {:.1?}",
+        rig.name,
+        rig.began.elapsed()
+    );
     rig.preload(PRELOAD).await;
 
     // scale out under load
     let load = rig.start_load(3).await;
-    rig.set_shards(4).await;
-    let name = rig.next_migration(&ring1);
-    rig.wait_migration_created(&name).await;
+    let name = rig.scale(4, &ring1).await;
     let out = rig.run_to_completion(&name).await;
     let report = rig.finish_load(load, "during the scale-out").await;
     let ring2 = rig.wait_ready(4).await;
@@ -832,9 +851,7 @@ async fn scale_out_then_in_under_load() {
 
     // scale in (drain shard 3) under load
     let load = rig.start_load(3).await;
-    rig.set_shards(3).await;
-    let name = rig.next_migration(&ring2);
-    rig.wait_migration_created(&name).await;
+    let name = rig.scale(3, &ring2).await;
     let drain = rig.run_to_completion(&name).await;
     let drained = format!("{}-3", rig.name);
     rig.wait(&format!("Shard {drained} to be deleted"), READY, || async {
@@ -860,7 +877,7 @@ async fn scale_out_then_in_under_load() {
         drain.migration.status.as_ref().map_or(0, |s| s.keys_copied),
         drain.took,
         report.summary(),
-        began.elapsed()
+        rig.began.elapsed()
     );
 }
 
@@ -868,8 +885,6 @@ async fn scale_out_then_in_under_load() {
 /// then a second scale-out is paused in Backfill and rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_crashes_then_rollback() {
-    let _slot = SLOTS.acquire().await.unwrap();
-    let began = Instant::now();
     let mut rig = Rig::start("mig-crash", "crash", 3).await;
     let ring1 = rig.wait_ready(3).await;
     rig.preload(PRELOAD).await;
@@ -962,9 +977,7 @@ async fn operator_crashes_then_rollback() {
     // moving ranges until the rollback has unpublished them)
     rig.preload(3 * PRELOAD).await;
     let load = rig.start_load(2).await;
-    rig.set_shards(5).await;
-    let name = rig.next_migration(&ring2);
-    rig.wait_migration_created(&name).await;
+    let name = rig.scale(5, &ring2).await;
     rig.follow(
         &name,
         "the migration to copy in Backfill",
@@ -1073,22 +1086,18 @@ async fn operator_crashes_then_rollback() {
     .await;
     let ring = rig.wait_ready(4).await;
     assert_eq!(ring, ring2, "the ring after the rollback and the revert");
-    println!("{}: whole test {:.1?}", rig.name, began.elapsed());
+    println!("{}: whole test {:.1?}", rig.name, rig.began.elapsed());
 }
 
 /// A source shard's primary is killed mid-Backfill: the migration waits for the
 /// failover, then completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_failover_during_backfill() {
-    let _slot = SLOTS.acquire().await.unwrap();
-    let began = Instant::now();
     let mut rig = Rig::start("mig-failover", "fo", 3).await;
     let ring1 = rig.wait_ready(3).await;
     rig.preload(2 * PRELOAD).await;
     let load = rig.start_load(2).await;
-    rig.set_shards(4).await;
-    let name = rig.next_migration(&ring1);
-    rig.wait_migration_created(&name).await;
+    let name = rig.scale(4, &ring1).await;
     // Counts only: Verify must not repair a faulty copy by re-copying the keys it
     // samples (with this few keys per source, the sample is every key); the audit
     // compares every value instead.
@@ -1116,7 +1125,7 @@ async fn primary_failover_during_backfill() {
         rig.name,
         audit.lost(),
         report.summary(),
-        began.elapsed()
+        rig.began.elapsed()
     );
     // async replication: the writes the old primary acknowledged in its last moment may
     // be lost by the failover itself (as in failover_e2e); nothing else may be.

@@ -7,21 +7,23 @@
 //! Every test starts its own servers on free loopback ports and kills them when it
 //! ends. Tests skip (with a message) when `redis-server` is not installed.
 
+#[path = "common/redis_servers.rs"]
+mod redis_servers;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{Client, Value};
+use redis_servers::{PASSWORD, RedisServer};
 use ringmaster::engine::redis::{
     self as data, BatchOutcome, Conn, DIRTY_DB, Endpoint, MigrateError, Side, SourcePlan,
     VerificationMode, VerifyOptions, VerifyOutcome,
 };
-use ringmaster::ring::{RangeMove, Ring, RingDescriptor, RingMember, diff};
+use ringmaster::ring::{RangeMove, Ring, diff};
 
-const PASSWORD: &str = "pw";
 const TIMEOUT: Duration = Duration::from_secs(10);
 const MIGRATION: &str = "c-ring-2";
 /// Keys of the data set loaded onto shards 0 and 1.
@@ -39,128 +41,41 @@ fn skip() -> bool {
     !installed
 }
 
-/// A `redis-server` on a free loopback port, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    /// Starts a server and waits until it answers `PING`.
-    async fn start() -> Self {
-        for _ in 0..5 {
-            let port = free_port();
-            let dir = tempfile::tempdir().expect("a temporary directory");
-            let child = Command::new("/usr/bin/redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--requirepass",
-                    PASSWORD,
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server starts");
-            let mut server = Server {
-                child,
-                port,
-                _dir: dir,
-            };
-            if server.ready().await {
-                return server;
-            }
-        }
-        panic!("no redis-server came up on a free port after 5 attempts");
-    }
-
-    /// Whether the server answers `PING` within 10 s (false when it exited).
-    async fn ready(&mut self) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return false;
-            }
-            if let Ok(mut con) = self.try_raw(0).await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut con)
-                    .await
-                    .is_ok()
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        false
-    }
-
-    fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            address: format!("127.0.0.1:{}", self.port),
-            username: "default".into(),
-            password: PASSWORD.into(),
-        }
-    }
-
-    /// A connection of the engine to database `db`.
-    async fn conn(&self, db: i64) -> Conn {
-        data::connect(&self.endpoint(), db, TIMEOUT)
-            .await
-            .expect("the engine connects")
-    }
-
-    async fn try_raw(&self, db: i64) -> redis::RedisResult<MultiplexedConnection> {
-        let url = format!("redis://:{PASSWORD}@127.0.0.1:{}/{db}", self.port);
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(60)));
-        Client::open(url)?
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-    }
-
-    /// A plain client connection to database `db`, for setting up and checking.
-    async fn raw(&self, db: i64) -> MultiplexedConnection {
-        self.try_raw(db).await.expect("a raw connection")
+/// The engine's view of `server`: its address, the default user and [`PASSWORD`].
+fn endpoint(server: &RedisServer) -> Endpoint {
+    Endpoint {
+        address: server.addr(),
+        username: "default".into(),
+        password: PASSWORD.into(),
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// A plain client connection to database `db` of `server`, for setting up and
+/// checking.
+async fn raw(server: &RedisServer, db: i64) -> MultiplexedConnection {
+    let url = format!("redis://:{PASSWORD}@{}/{db}", server.addr());
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(60)));
+    Client::open(url)
+        .expect("a redis URL")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("a raw connection")
 }
 
 // ---------------------------------------------------------------- the data set
 
+/// The ring of shards `0..shards` (version `shards`).
 fn ring(shards: i32) -> Ring {
-    Ring::build(RingDescriptor {
-        version: i64::from(shards),
-        vnodes_per_weight: 128,
-        members: (0..shards)
-            .map(|shard| RingMember { shard, weight: 1 })
-            .collect(),
-    })
+    let members: Vec<i32> = (0..shards).collect();
+    Ring::build(redis_servers::ring(i64::from(shards), &members))
 }
 
 /// Three servers (shards 0, 1 on ring 2; shard 2 joins on ring 3) with the data set on
 /// 0 and 1 by ring-2 owner.
 struct Fixture {
-    servers: Vec<Server>,
+    servers: Vec<RedisServer>,
     ring2: Ring,
     ring3: Ring,
     moves: Vec<RangeMove>,
@@ -169,12 +84,12 @@ struct Fixture {
 }
 
 impl Fixture {
-    async fn new() -> Self {
-        let servers = vec![
-            Server::start().await,
-            Server::start().await,
-            Server::start().await,
-        ];
+    /// The loaded fixture; `None` (the test skips) without `redis-server`.
+    async fn new() -> Option<Self> {
+        if skip() {
+            return None;
+        }
+        let servers = (0..3).map(|_| RedisServer::start()).collect();
         let (ring2, ring3) = (ring(2), ring(3));
         let moves = diff(&ring2, &ring3);
         assert!(!moves.is_empty(), "adding a shard moves ranges");
@@ -186,7 +101,7 @@ impl Fixture {
             ring3,
             moves,
         };
-        fixture.load().await
+        Some(fixture.load().await)
     }
 
     /// Loads [`KEYS`] keys of mixed types (some with TTLs, some large enough to be
@@ -215,11 +130,18 @@ impl Fixture {
     }
 
     async fn raw(&self, shard: i32, db: i64) -> MultiplexedConnection {
-        self.servers[shard as usize].raw(db).await
+        raw(&self.servers[shard as usize], db).await
     }
 
+    fn endpoint(&self, shard: i32) -> Endpoint {
+        endpoint(&self.servers[shard as usize])
+    }
+
+    /// A connection of the engine to database `db` of `shard`.
     async fn conn(&self, shard: i32, db: i64) -> Conn {
-        self.servers[shard as usize].conn(db).await
+        data::connect(&self.endpoint(shard), db, TIMEOUT)
+            .await
+            .expect("the engine connects")
     }
 
     async fn targets(&self) -> BTreeMap<i32, Conn> {
@@ -267,8 +189,11 @@ impl Fixture {
         let moving = self.moving_keys();
         let expected: usize = moving.values().map(Vec::len).sum();
         let mut target = self.raw(2, 0).await;
-        let size: usize = redis::cmd("DBSIZE").query_async(&mut target).await.unwrap();
-        assert_eq!(size, expected, "the target holds exactly the moving keys");
+        assert_eq!(
+            dbsize(&mut target).await,
+            expected,
+            "the target holds exactly the moving keys"
+        );
         for (&source, keys) in &moving {
             let keys: Vec<Vec<u8>> = keys.iter().filter(|k| !skip.contains(k)).cloned().collect();
             let mut src = self.raw(source, 0).await;
@@ -317,6 +242,42 @@ impl Fixture {
             strict,
         };
         data::verify(&mut src, &mut db1, &mut targets, &plan, MIGRATION, &options).await
+    }
+
+    /// Runs `delete_batch` on `side`'s shard from cursor 0 to the end (`COUNT 700`);
+    /// the keys deleted.
+    async fn delete_all(&self, side: Side) -> u64 {
+        let mut conn = self.conn(side.shard(), 0).await;
+        let (mut cursor, mut deleted) = (0, 0);
+        loop {
+            let o = data::delete_batch(&mut conn, &self.moves, side, cursor, 700)
+                .await
+                .unwrap();
+            deleted += o.deleted;
+            cursor = o.next_cursor;
+            if cursor == 0 {
+                return deleted;
+            }
+        }
+    }
+
+    /// Creates ACL user `user` with `password` on the target (shard 2), allowed
+    /// everything but `RESTORE`; its endpoint.
+    async fn target_user_without_restore(&self, user: &str, password: &str) -> Endpoint {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(user)
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg(&["~*", "&*", "+@all", "-restore"])
+            .query_async(&mut self.raw(2, 0).await)
+            .await
+            .unwrap();
+        Endpoint {
+            username: user.into(),
+            password: password.into(),
+            ..self.endpoint(2)
+        }
     }
 
     /// A loaded key of `source` that moves, without TTL, of the type written for index
@@ -506,16 +467,35 @@ async fn all_keys(con: &mut MultiplexedConnection) -> BTreeSet<Vec<u8>> {
     redis::cmd("KEYS").arg("*").query_async(con).await.unwrap()
 }
 
+/// `SET key value`.
+async fn set_string(con: &mut MultiplexedConnection, key: &[u8], value: &str) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(con)
+        .await
+        .unwrap();
+}
+
+/// Adds `keys` to the dirty set of [`MIGRATION`] (`db1`: database 1 of a source).
+async fn mark_dirty(db1: &mut MultiplexedConnection, keys: &[&[u8]]) {
+    let _: i64 = redis::cmd("SADD")
+        .arg(ringmaster::api::routing::dirty_set_key(MIGRATION))
+        .arg(keys)
+        .query_async(db1)
+        .await
+        .unwrap();
+}
+
 // ---------------------------------------------------------------- tests
 
 /// (1) A backfill from cursor 0 to the end copies exactly the moving keys, values and
 /// TTLs kept; the counts per move agree on both sides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_copies_exactly_the_moving_keys() {
-    if skip() {
+    let Some(f) = Fixture::new().await else {
         return;
-    }
-    let f = Fixture::new().await;
+    };
     let moving = f.moving_keys();
     for source in [0, 1] {
         let plan = SourcePlan::new(source, &f.moves);
@@ -584,19 +564,13 @@ async fn backfill_copies_exactly_the_moving_keys() {
 /// overwrites a key the target already has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumed_backfill_is_idempotent_and_keeps_newer_keys() {
-    if skip() {
+    let Some(f) = Fixture::new().await else {
         return;
-    }
-    let f = Fixture::new().await;
+    };
     let moving = f.moving_keys();
     let newer = f.moving_key_of_kind(0, 0);
     let mut tgt = f.raw(2, 0).await;
-    let _: () = redis::cmd("SET")
-        .arg(&newer)
-        .arg("dual-written, newer")
-        .query_async(&mut tgt)
-        .await
-        .unwrap();
+    set_string(&mut tgt, &newer, "dual-written, newer").await;
 
     let plan = SourcePlan::new(0, &f.moves);
     let mut src = f.conn(0, 0).await;
@@ -661,12 +635,7 @@ impl Router {
         let _: Value = cmd.query_async(src).await.unwrap();
         if moving {
             let _: Value = cmd.query_async(&mut self.target).await.unwrap();
-            let _: i64 = redis::cmd("SADD")
-                .arg(ringmaster::api::routing::dirty_set_key(MIGRATION))
-                .arg(key)
-                .query_async(dirty)
-                .await
-                .unwrap();
+            mark_dirty(dirty, &[key]).await;
         }
     }
 }
@@ -676,20 +645,18 @@ impl Router {
 /// and every key of the moves is equal on the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dual_writes_during_backfill_are_repaired_by_the_drain() {
-    if skip() {
+    let Some(f) = Fixture::new().await else {
         return;
-    }
-    let f = Fixture::new().await;
+    };
     // Counters the writer increments: "10" on their ring-2 owner.
     let counters: Vec<Vec<u8>> = (0..2_000).map(|i| format!("w:{i}").into_bytes()).collect();
+    let mut owners = BTreeMap::new();
+    for s in [0, 1] {
+        owners.insert(s, f.raw(s, 0).await);
+    }
     for key in &counters {
-        let mut con = f.raw(f.ring2.owner_of_key(key).unwrap(), 0).await;
-        let _: () = redis::cmd("SET")
-            .arg(key)
-            .arg(10)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let owner = f.ring2.owner_of_key(key).unwrap();
+        set_string(owners.get_mut(&owner).unwrap(), key, "10").await;
     }
     let mut router = Router {
         sources: BTreeMap::new(),
@@ -803,10 +770,9 @@ async fn dual_writes_during_backfill_are_repaired_by_the_drain() {
 /// set's size only when not strict; and fails on a mismatch it cannot repair.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_repairs_skips_in_flux_and_reports_persistent_mismatches() {
-    if skip() {
+    let Some(f) = Fixture::new().await else {
         return;
-    }
-    let f = Fixture::new().await;
+    };
     f.backfill(0, 0, 1000).await;
     f.backfill(1, 0, 1000).await;
     let mut tgt = f.raw(2, 0).await;
@@ -862,12 +828,7 @@ async fn verify_repairs_skips_in_flux_and_reports_persistent_mismatches() {
         .map(|i| format!("extra:{i}").into_bytes())
         .find(|k| f.ring2.owner_of_key(k) == Some(0) && f.moving(k))
         .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(&extra)
-        .arg("only on the target")
-        .query_async(&mut tgt)
-        .await
-        .unwrap();
+    set_string(&mut tgt, &extra, "only on the target").await;
     let hash = f.moving_key_of_kind(0, 1);
     let string = f.moving_key_of_kind(0, 0);
     let list = f.moving_key_of_kind(0, 2);
@@ -894,16 +855,7 @@ async fn verify_repairs_skips_in_flux_and_reports_persistent_mismatches() {
 
     // A differing key in the dirty set is in flux: skipped (not repaired) when not
     // strict, and the count difference it causes is tolerated.
-    let mut db1 = f.raw(0, 1).await;
-    let dirty_set = ringmaster::api::routing::dirty_set_key(MIGRATION);
-    let _: () = redis::pipe()
-        .cmd("SADD")
-        .arg(&dirty_set)
-        .arg(&string)
-        .ignore()
-        .query_async(&mut db1)
-        .await
-        .unwrap();
+    mark_dirty(&mut f.raw(0, 1).await, &[&string]).await;
     let _: () = redis::cmd("DEL")
         .arg(&string)
         .query_async(&mut tgt)
@@ -930,31 +882,10 @@ async fn verify_repairs_skips_in_flux_and_reports_persistent_mismatches() {
     f.drain_all().await;
 
     // A mismatch that cannot be repaired (the target refuses RESTORE to this user).
-    let _: () = redis::cmd("ACL")
-        .arg(&[
-            "SETUSER",
-            "verifier",
-            "on",
-            ">verifier-pw",
-            "~*",
-            "&*",
-            "+@all",
-            "-restore",
-        ])
-        .query_async(&mut tgt)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(&string)
-        .arg("corrupt")
-        .query_async(&mut tgt)
-        .await
-        .unwrap();
-    let verifier = Endpoint {
-        username: "verifier".into(),
-        password: "verifier-pw".into(),
-        ..f.servers[2].endpoint()
-    };
+    let verifier = f
+        .target_user_without_restore("verifier", "verifier-pw")
+        .await;
+    set_string(&mut tgt, &string, "corrupt").await;
     let targets = BTreeMap::from([(2, data::connect(&verifier, 0, TIMEOUT).await.unwrap())]);
     let o = f
         .verify_with(0, targets, VerificationMode::Full, true)
@@ -974,40 +905,17 @@ async fn verify_repairs_skips_in_flux_and_reports_persistent_mismatches() {
 /// A drain whose target write fails puts the popped keys back: nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_drain_puts_the_dirty_keys_back() {
-    if skip() {
+    let Some(f) = Fixture::new().await else {
         return;
-    }
-    let f = Fixture::new().await;
+    };
     let keys: Vec<Vec<u8>> = f.moving_keys()[&0][..50].to_vec();
     let mut db1 = f.raw(0, 1).await;
     let dirty_set = ringmaster::api::routing::dirty_set_key(MIGRATION);
-    let _: i64 = redis::cmd("SADD")
-        .arg(&dirty_set)
-        .arg(&keys)
-        .arg("not-moving-but-dirty")
-        .query_async(&mut db1)
-        .await
-        .unwrap();
+    let mut dirty_keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    dirty_keys.push(b"not-moving-but-dirty");
+    mark_dirty(&mut db1, &dirty_keys).await;
     let mut tgt = f.raw(2, 0).await;
-    let _: () = redis::cmd("ACL")
-        .arg(&[
-            "SETUSER",
-            "norestore",
-            "on",
-            ">nr-pw",
-            "~*",
-            "&*",
-            "+@all",
-            "-restore",
-        ])
-        .query_async(&mut tgt)
-        .await
-        .unwrap();
-    let endpoint = Endpoint {
-        username: "norestore".into(),
-        password: "nr-pw".into(),
-        ..f.servers[2].endpoint()
-    };
+    let endpoint = f.target_user_without_restore("norestore", "nr-pw").await;
     let plan = SourcePlan::new(0, &f.moves);
     let mut src = f.conn(0, 0).await;
     let mut dirty = f.conn(0, DIRTY_DB).await;
@@ -1048,12 +956,7 @@ async fn a_failed_drain_puts_the_dirty_keys_back() {
         .query_async(&mut src_raw)
         .await
         .unwrap();
-    let _: i64 = redis::cmd("SADD")
-        .arg(&dirty_set)
-        .arg(&keys[0])
-        .query_async(&mut db1)
-        .await
-        .unwrap();
+    mark_dirty(&mut db1, &[&keys[0]]).await;
     let o = data::drain_dirty(&mut src, &mut dirty, &mut targets, &plan, MIGRATION, 1000)
         .await
         .unwrap();
@@ -1073,10 +976,9 @@ async fn a_failed_drain_puts_the_dirty_keys_back() {
 /// rollback's deletion removes exactly the copies from the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_batch_removes_exactly_the_moved_keys() {
-    if skip() {
+    let Some(f) = Fixture::new().await else {
         return;
-    }
-    let f = Fixture::new().await;
+    };
     f.backfill(0, 0, 1000).await;
     f.backfill(1, 0, 1000).await;
     let moving = f.moving_keys();
@@ -1087,26 +989,10 @@ async fn delete_batch_removes_exactly_the_moved_keys() {
         .find(|k| !f.moving(k))
         .unwrap();
     let mut tgt = f.raw(2, 0).await;
-    let _: () = redis::cmd("SET")
-        .arg(&stay)
-        .arg("mine")
-        .query_async(&mut tgt)
-        .await
-        .unwrap();
+    set_string(&mut tgt, &stay, "mine").await;
 
     for source in [0, 1] {
-        let mut conn = f.conn(source, 0).await;
-        let (mut cursor, mut deleted) = (0, 0);
-        loop {
-            let o = data::delete_batch(&mut conn, &f.moves, Side::Source(source), cursor, 700)
-                .await
-                .unwrap();
-            deleted += o.deleted;
-            cursor = o.next_cursor;
-            if cursor == 0 {
-                break;
-            }
-        }
+        let deleted = f.delete_all(Side::Source(source)).await;
         assert_eq!(deleted, moving[&source].len() as u64);
         let mut raw = f.raw(source, 0).await;
         let left = all_keys(&mut raw).await;
@@ -1122,18 +1008,7 @@ async fn delete_batch_removes_exactly_the_moved_keys() {
         );
     }
 
-    let mut conn = f.conn(2, 0).await;
-    let (mut cursor, mut deleted) = (0, 0);
-    loop {
-        let o = data::delete_batch(&mut conn, &f.moves, Side::Target(2), cursor, 700)
-            .await
-            .unwrap();
-        deleted += o.deleted;
-        cursor = o.next_cursor;
-        if cursor == 0 {
-            break;
-        }
-    }
+    let deleted = f.delete_all(Side::Target(2)).await;
     let copies: usize = moving.values().map(Vec::len).sum();
     assert_eq!(deleted, copies as u64);
     assert_eq!(all_keys(&mut tgt).await, BTreeSet::from([stay]));

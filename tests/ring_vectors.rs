@@ -258,8 +258,7 @@ impl Postgres {
                     tokio::spawn(connection);
                     return client;
                 }
-                Err(error) if Instant::now() < deadline => {
-                    let _ = error;
+                Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(error) => panic!(

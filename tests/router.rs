@@ -30,7 +30,7 @@ struct Cluster {
 impl Cluster {
     /// Three servers, ring `members` (version 1), table version 1.
     fn start(members: &[i32], extra: &[&str]) -> Self {
-        let servers: Vec<_> = (0..3).map(|_| RedisServer::start(PASSWORD)).collect();
+        let servers: Vec<_> = (0..3).map(|_| RedisServer::start()).collect();
         let table = routing_table(1, &refs(&servers), 1, members, Vec::new());
         let router = RouterProcess::start(BINARY, &table, extra);
         Self { servers, router }
@@ -77,10 +77,13 @@ fn refs(servers: &[RedisServer]) -> Vec<&RedisServer> {
     servers.iter().collect()
 }
 
+/// The owner of `key` on the ring of `members` (the ring's version does not move keys).
 fn owner(members: &[i32], key: &str) -> i32 {
-    Ring::build(ring(1, members))
-        .owner_of_key(key.as_bytes())
-        .unwrap()
+    owner_on(&Ring::build(ring(1, members)), key)
+}
+
+fn owner_on(ring: &Ring, key: &str) -> i32 {
+    ring.owner_of_key(key.as_bytes()).unwrap()
 }
 
 fn code(error: &RedisError) -> String {
@@ -132,13 +135,14 @@ fn keys_land_on_their_ring_owner() {
     let cluster = Cluster::start(&[0, 1, 2], &[]);
     let mut con = cluster.router.connection();
     let members = [0, 1, 2];
+    let placement = Ring::build(ring(1, &members));
     let mut per_shard = [0; 3];
     for i in 0..1000 {
         let key = format!("key:{i}");
         let _: () = redis::cmd("SET").arg(&key).arg(i).query(&mut con).unwrap();
         let value: i64 = redis::cmd("GET").arg(&key).query(&mut con).unwrap();
         assert_eq!(value, i);
-        per_shard[owner(&members, &key) as usize] += 1;
+        per_shard[owner_on(&placement, &key) as usize] += 1;
     }
     for shard in 0..3 {
         let mut direct = cluster.shard(shard, 0);
@@ -147,14 +151,14 @@ fn keys_land_on_their_ring_owner() {
         for i in 0..1000 {
             let key = format!("key:{i}");
             let value: Option<i64> = redis::cmd("GET").arg(&key).query(&mut direct).unwrap();
-            let expected = (owner(&members, &key) == shard).then_some(i);
+            let expected = (owner_on(&placement, &key) == shard).then_some(i);
             assert_eq!(value, expected, "{key} on shard {shard}");
         }
     }
     assert!(per_shard.iter().all(|&n| n > 200), "{per_shard:?}");
 
     // Hash tags keep keys together; MSET of them works.
-    assert_eq!(owner(&members, "{u1}a"), owner(&members, "{u1}b"));
+    assert_eq!(owner_on(&placement, "{u1}a"), owner_on(&placement, "{u1}b"));
     let _: () = redis::cmd("MSET")
         .arg("{u1}a")
         .arg("1")
@@ -162,14 +166,14 @@ fn keys_land_on_their_ring_owner() {
         .arg("2")
         .query(&mut con)
         .unwrap();
-    let tagged = owner(&members, "{u1}a");
+    let tagged = owner_on(&placement, "{u1}a");
     assert_eq!(cluster.get_on(tagged, "{u1}b").as_deref(), Some("2"));
 
     // Keys on different shards: CROSSSLOT.
     let a = "key:0".to_owned();
     let b = (1..1000)
         .map(|i| format!("key:{i}"))
-        .find(|k| owner(&members, k) != owner(&members, &a))
+        .find(|k| owner_on(&placement, k) != owner_on(&placement, &a))
         .unwrap();
     let error = redis::cmd("MSET")
         .arg(&a)
@@ -649,15 +653,9 @@ fn frozen_writes_wait_for_the_next_version() {
     let (result, elapsed) = writer.join().unwrap();
     result.unwrap();
     assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
-    assert_eq!(owner_v2(&key), mv.target);
+    assert_eq!(owner(&[0, 1, 2], &key), mv.target);
     assert_eq!(cluster.get_on(mv.target, &key).as_deref(), Some("after"));
     assert_eq!(cluster.router.status()["appliedVersion"], 3);
-}
-
-fn owner_v2(key: &str) -> i32 {
-    Ring::build(ring(2, &[0, 1, 2]))
-        .owner_of_key(key.as_bytes())
-        .unwrap()
 }
 
 #[test]
@@ -702,7 +700,7 @@ fn reads_use_the_first_replica_and_fall_back_to_the_primary() {
     // Every key on shard 0; its "replica" is an independent server, so the test can
     // tell which side answered.
     let cluster = Cluster::start(&[0], &[]);
-    let replica = RedisServer::start(PASSWORD);
+    let replica = RedisServer::start();
     let mut table = cluster.table(2, 1, &[0], Vec::new());
     table.shards[0].replicas = vec![RoutingReplica {
         name: "t-0-1".into(),

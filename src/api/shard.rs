@@ -253,3 +253,18 @@ pub struct ShardStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
+
+impl ShardStatus {
+    /// The status without the figures that move all the time (positions and lags),
+    /// for telling a real change from drift.
+    pub fn steady(&self) -> ShardStatus {
+        let mut s = self.clone();
+        s.max_lag_bytes = None;
+        for i in &mut s.instances {
+            i.position = None;
+            i.lag_bytes = None;
+            i.lag_seconds = None;
+        }
+        s
+    }
+}

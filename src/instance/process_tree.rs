@@ -24,6 +24,13 @@ pub fn kill_tree(root: u32) -> Vec<u32> {
     victims
 }
 
+/// `root` and every descendant, as `/proc` lists them now.
+pub fn tree(root: u32) -> Vec<u32> {
+    let mut tree = vec![root];
+    tree.extend(descendants(root, &parents()));
+    tree
+}
+
 fn to_pid(p: u32) -> Pid {
     Pid::from_raw(i32::try_from(p).unwrap_or(i32::MAX))
 }
@@ -76,6 +83,12 @@ mod tests {
         let mut d = descendants(10, &parents);
         d.sort_unstable();
         assert_eq!(d, vec![11, 12, 14]);
+    }
+
+    #[test]
+    fn a_tree_starts_at_its_root() {
+        let me = std::process::id();
+        assert_eq!(tree(me).first(), Some(&me));
     }
 
     #[test]

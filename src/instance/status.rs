@@ -227,14 +227,24 @@ impl Shared {
 
     /// Probes the server now (when it runs) and records what it learnt.
     pub async fn probe(&self) -> Result<ProbeInfo, ProbeError> {
-        let pid = self.snapshot().pid;
-        if pid.is_none() {
-            return Err(ProbeError::Unexpected("the server is not running".into()));
-        }
+        let pid = self.running_pid()?;
         let info = self.engine.probe().await?;
+        self.credit(pid, &info);
+        Ok(info)
+    }
+
+    /// The pid of the running server, if one runs.
+    fn running_pid(&self) -> Result<u32, ProbeError> {
+        self.snapshot()
+            .pid
+            .ok_or_else(|| ProbeError::Unexpected("the server is not running".into()))
+    }
+
+    /// Records what a probe of the server `pid` learnt, if it still runs.
+    fn credit(&self, pid: u32, info: &ProbeInfo) {
         self.update(|s| {
             // only credit the server that was probed
-            if s.pid == pid {
+            if s.pid == Some(pid) {
                 s.answered_once = true;
                 s.server_version = Some(info.version.clone());
                 if s.phase == Phase::Starting {
@@ -242,21 +252,24 @@ impl Shared {
                 }
             }
         });
-        Ok(info)
     }
 
     /// The `/status` body, with `server_up`, `role` and `replication` from the
-    /// server just now.
+    /// server just now (one connection).
     pub async fn status(&self) -> AgentStatus {
-        let server_up = self.probe().await.is_ok();
-        let (role, replication) = if server_up {
-            match self.engine.role_and_report().await {
-                Ok((role, report)) => (Some(role), Some(report)),
-                Err(_) => (None, None),
-            }
-        } else {
-            (None, None)
+        let view = match self.running_pid() {
+            Ok(pid) => self
+                .engine
+                .probe_and_report()
+                .await
+                .ok()
+                .inspect(|v| self.credit(pid, &v.info)),
+            Err(_) => None,
         };
+        let server_up = view.is_some();
+        let (role, replication) = view
+            .and_then(|v| v.role_and_report)
+            .map_or((None, None), |(role, report)| (Some(role), Some(report)));
         let s = self.snapshot();
         let desired = self.desired();
         AgentStatus {

@@ -113,7 +113,8 @@ impl Context {
     }
 
     /// Publishes an Event about `regarding`; failures are logged, never returned.
-    /// `note` must never hold a secret value.
+    /// `note` must never hold a secret value; a note longer than the API server
+    /// accepts is cut (see [`event_note`]).
     pub async fn event(
         &self,
         regarding: &ObjectReference,
@@ -125,7 +126,7 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.to_owned(),
-            note: Some(note),
+            note: Some(event_note(note)),
             action: action.to_owned(),
             secondary: None,
         };
@@ -157,6 +158,23 @@ impl Context {
         self.event(regarding, EventType::Warning, reason, action, note)
             .await;
     }
+}
+
+/// Longest Event note the API server accepts.
+pub const EVENT_NOTE_MAX: usize = 1024;
+
+/// `note` cut to what an Event may hold (the whole text of a long message, e.g. a
+/// verification naming every shard, stays in the object's status).
+pub fn event_note(note: String) -> String {
+    if note.len() <= EVENT_NOTE_MAX {
+        return note;
+    }
+    let suffix = " … (see the object's status)";
+    let mut end = EVENT_NOTE_MAX - suffix.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", &note[..end])
 }
 
 /// Exponential back-off of failing objects: 2 s, 4 s, ... up to 5 min; reset on
@@ -214,5 +232,14 @@ mod tests {
         assert_eq!(backoff.failed("a"), BACKOFF_MAX);
         backoff.succeeded("a");
         assert_eq!(backoff.failed("a"), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn event_notes_fit_the_api_limit() {
+        assert_eq!(event_note("short".to_owned()), "short");
+        let long = "é".repeat(EVENT_NOTE_MAX);
+        let cut = event_note(long);
+        assert!(cut.len() <= EVENT_NOTE_MAX, "{}", cut.len());
+        assert!(cut.ends_with("(see the object's status)"));
     }
 }

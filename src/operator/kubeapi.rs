@@ -35,6 +35,14 @@ pub fn migration_resource() -> ApiResource {
     resource("ShardMigration", "shardmigrations")
 }
 
+/// Merge-patch parameters with the operator's field manager.
+pub fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
 /// Server-side apply parameters: field manager `ringmaster`, forced.
 pub fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()

@@ -267,7 +267,7 @@ mod tests {
             assert_eq!(a.owner(m.range.end), Some(m.source));
             assert_eq!(b.owner(m.range.end), Some(2));
         }
-        // Ordered by end, except that a range wrapping past u64::MAX comes first.
+        // Ordered by end (a range wrapping past u64::MAX has the smallest end: first).
         for w in moves.windows(2) {
             assert!(w[0].range.end < w[1].range.end);
         }

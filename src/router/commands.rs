@@ -141,11 +141,18 @@ impl CommandSpec {
         }
     }
 
+    /// [`KeyError::Arity`] unless `argc` arguments satisfy the arity.
+    pub fn check_arity(&self, argc: usize) -> Result<(), KeyError> {
+        if self.arity_ok(argc) {
+            Ok(())
+        } else {
+            Err(KeyError::Arity(self.name))
+        }
+    }
+
     /// The keys of `args` (the name at index 0), after checking the arity.
     pub fn keys(&self, args: &[Bytes]) -> Result<Vec<Bytes>, KeyError> {
-        if !self.arity_ok(args.len()) {
-            return Err(KeyError::Arity(self.name));
-        }
+        self.check_arity(args.len())?;
         match self.kind {
             Kind::Data(_, spec) => spec_keys(self.name, spec, args),
             _ => Ok(Vec::new()),

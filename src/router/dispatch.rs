@@ -108,7 +108,7 @@ impl Dispatched {
     /// A reply that is already known.
     pub fn ready(reply: Reply) -> Self {
         Self {
-            reply: futures::future::ready(reply).boxed(),
+            reply: ready(reply),
             barrier: false,
         }
     }
@@ -183,7 +183,8 @@ fn execute(
     }
 }
 
-fn ready(reply: Reply) -> ReplyFuture {
+/// A reply future that is already done.
+pub fn ready(reply: Reply) -> ReplyFuture {
     futures::future::ready(reply).boxed()
 }
 
@@ -208,7 +209,8 @@ fn shard_reply(
     }
 }
 
-fn no_conns(table: &Installed, shard: i32) -> Reply {
+/// The reply for a shard without connections (no `rw` address in the table).
+pub fn no_conns(table: &Installed, shard: i32) -> Reply {
     Reply::error(
         format!(
             "TRYAGAIN ringmaster: shard {} has no address yet, retry",
@@ -279,7 +281,7 @@ async fn dual_write(
     if reply.is_error() {
         return reply;
     }
-    let migration = lease.routing.migration_name(write.migration).to_owned();
+    let migration = lease.routing.migration_name(write.migration);
     match target.primary.call(slot, &cmd).await {
         Ok(value) if !is_error(&value) => {}
         outcome => {
@@ -298,7 +300,7 @@ async fn dual_write(
     // After the target write, never before: a re-copy that pops the key between the
     // two writes would otherwise be overtaken by this write (an INCR applied twice)
     // with the key no longer marked.
-    mark_dirty(&ctx, slot, &source.dirty, &migration, &write.keys).await;
+    mark_dirty(&ctx, slot, &source.dirty, migration, &write.keys).await;
     reply
 }
 
@@ -445,8 +447,8 @@ async fn run_transaction(
             .filter_map(|c| c.spec.and_then(|spec| spec.keys(&c.args).ok()))
             .flatten()
             .collect();
-        let name = lease.routing.migration_name(migration).to_owned();
-        mark_dirty(&ctx, slot, &conns.dirty, &name, &keys).await;
+        let name = lease.routing.migration_name(migration);
+        mark_dirty(&ctx, slot, &conns.dirty, name, &keys).await;
     }
     reply
 }

@@ -298,13 +298,9 @@ pub fn encode_value(value: &redis::Value, out: &mut BytesMut) {
         Value::Nil => out.put_slice(b"$-1\r\n"),
         Value::Int(n) => header(out, b':', *n),
         Value::BulkString(bytes) => bulk(out, bytes),
-        Value::Array(items) | Value::Set(items) => {
+        Value::Array(items) | Value::Set(items) | Value::Push { data: items, .. } => {
             header(out, b'*', items.len() as i64);
             items.iter().for_each(|item| encode_value(item, out));
-        }
-        Value::Push { data, .. } => {
-            header(out, b'*', data.len() as i64);
-            data.iter().for_each(|item| encode_value(item, out));
         }
         Value::SimpleString(text) => line(out, b'+', text.as_bytes()),
         Value::Okay => out.put_slice(b"+OK\r\n"),
@@ -377,6 +373,11 @@ mod tests {
             out.push(request);
         }
         out
+    }
+
+    /// What a fresh parser with `limits` makes of `wire`.
+    fn first_request(limits: Limits, wire: &[u8]) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        RequestParser::new(limits).next_request(&mut BytesMut::from(wire))
     }
 
     fn strings(request: &[Bytes]) -> Vec<&str> {
@@ -452,43 +453,35 @@ mod tests {
             (b"PING PING PING", ProtocolError::InlineTooLong),
         ];
         for (wire, expected) in cases {
-            let mut parser = RequestParser::new(limits);
-            let mut buf = BytesMut::from(wire);
-            assert_eq!(parser.next_request(&mut buf), Err(expected), "{wire:?}");
+            assert_eq!(first_request(limits, wire), Err(expected), "{wire:?}");
         }
-        let mut parser = RequestParser::new(limits);
-        let mut buf = BytesMut::from(&b"*1\r\n$99999999999999999999999999999999999"[..]);
         assert_eq!(
-            parser.next_request(&mut buf),
+            first_request(limits, b"*1\r\n$99999999999999999999999999999999999"),
             Err(ProtocolError::HeaderTooLong)
         );
     }
 
     #[test]
     fn default_limits_accept_the_redis_maximum() {
-        let mut parser = RequestParser::default();
-        let mut buf = BytesMut::from(&b"*1048576\r\n$536870912\r\n"[..]);
-        assert_eq!(parser.next_request(&mut buf), Ok(None));
-        let mut parser = RequestParser::default();
-        let mut buf = BytesMut::from(&b"*1048577\r\n"[..]);
+        let limits = Limits::default();
         assert_eq!(
-            parser.next_request(&mut buf),
+            first_request(limits, b"*1048576\r\n$536870912\r\n"),
+            Ok(None)
+        );
+        assert_eq!(
+            first_request(limits, b"*1048577\r\n"),
             Err(ProtocolError::InvalidMultibulkLength)
         );
-        let mut parser = RequestParser::default();
-        let mut buf = BytesMut::from(&b"*1\r\n$536870913\r\n"[..]);
         assert_eq!(
-            parser.next_request(&mut buf),
+            first_request(limits, b"*1\r\n$536870913\r\n"),
             Err(ProtocolError::InvalidBulkLength)
         );
     }
 
     #[test]
     fn missing_crlf_after_bulk_is_an_error() {
-        let mut parser = RequestParser::default();
-        let mut buf = BytesMut::from(&b"*1\r\n$2\r\nabXY"[..]);
         assert_eq!(
-            parser.next_request(&mut buf),
+            first_request(Limits::default(), b"*1\r\n$2\r\nabXY"),
             Err(ProtocolError::MissingCrlf)
         );
     }

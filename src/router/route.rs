@@ -161,9 +161,10 @@ impl Routing {
             }
         }
         for migration in &table.migrations {
+            let what = format!("migration {}", migration.name);
             for mv in &migration.moves {
-                known(&format!("migration {}", migration.name), mv.source)?;
-                known(&format!("migration {}", migration.name), mv.target)?;
+                known(&what, mv.source)?;
+                known(&what, mv.target)?;
             }
         }
         let mut intervals = build_intervals(&table);
@@ -427,26 +428,14 @@ pub fn route_transaction(routing: &Routing, commands: &[Command]) -> TxDecision 
             Err(error) => return TxDecision::Error(error.to_string()),
         }
     }
-    let dest = match routing.common_dest(keys.iter().map(|k| &k[..])) {
-        Ok(Some(dest)) => dest,
-        Ok(None) => return TxDecision::CrossSlot,
-        Err(message) => return TxDecision::Error(message),
-    };
     let access = if writes { Access::Write } else { Access::Read };
-    let decision = match dest {
-        Dest::Shard(shard) => Decision::Single { shard, access },
-        Dest::Moving {
-            migration,
-            source,
-            target,
-        } => moving_decision(routing.phase(migration), access, migration, source, target),
-    };
-    match routing.check_addresses(decision) {
+    match routing.decide(&keys, access) {
         Decision::Single { shard, .. } => TxDecision::Single(shard),
         Decision::DualWrite {
             source, migration, ..
         } => TxDecision::SourceThenDirty { source, migration },
         Decision::Held { migration } => TxDecision::Held { migration },
+        Decision::CrossSlot => TxDecision::CrossSlot,
         Decision::Error(message) => TxDecision::Error(message),
         other => TxDecision::Error(format!("ERR ringmaster router: unexpected {other:?}")),
     }
@@ -532,6 +521,11 @@ mod tests {
         }
     }
 
+    /// Three shards and one migration `m` in `phase` with `moves`.
+    fn migrating(phase: RoutingPhase, moves: Vec<RangeMove>) -> Routing {
+        Routing::new(table(3, vec![migration("m", phase, moves)])).unwrap()
+    }
+
     /// A key (with a hash tag) owned by `shard` on the 2-member ring of `table`.
     fn key_on(routing: &Routing, shard: i32, prefix: &str) -> String {
         (0..10_000)
@@ -543,11 +537,10 @@ mod tests {
     #[test]
     fn single_keys_go_to_their_ring_owner() {
         let routing = Routing::new(table(2, vec![])).unwrap();
+        let ring = Ring::build(routing.table().ring.clone().unwrap());
         for i in 0..200 {
             let key = format!("key:{i}");
-            let owner = Ring::build(routing.table().ring.clone().unwrap())
-                .owner(key_hash(key.as_bytes()))
-                .unwrap();
+            let owner = ring.owner(key_hash(key.as_bytes())).unwrap();
             assert_eq!(
                 route(&routing, &cmd(&["GET", &key])),
                 Decision::Single {
@@ -592,15 +585,7 @@ mod tests {
     fn dual_write_phase() {
         let base = Routing::new(table(3, vec![])).unwrap();
         let key = key_on(&base, 0, "k");
-        let routing = Routing::new(table(
-            3,
-            vec![migration(
-                "m",
-                RoutingPhase::DualWrite,
-                vec![move_of(&key, 0, 2)],
-            )],
-        ))
-        .unwrap();
+        let routing = migrating(RoutingPhase::DualWrite, vec![move_of(&key, 0, 2)]);
         assert_eq!(
             route(&routing, &cmd(&["GET", &key])),
             Decision::Single {
@@ -623,15 +608,7 @@ mod tests {
     fn switch_reads_phase() {
         let base = Routing::new(table(3, vec![])).unwrap();
         let key = key_on(&base, 1, "k");
-        let routing = Routing::new(table(
-            3,
-            vec![migration(
-                "m",
-                RoutingPhase::SwitchReads,
-                vec![move_of(&key, 1, 2)],
-            )],
-        ))
-        .unwrap();
+        let routing = migrating(RoutingPhase::SwitchReads, vec![move_of(&key, 1, 2)]);
         assert_eq!(
             route(&routing, &cmd(&["GET", &key])),
             Decision::Single {
@@ -654,15 +631,7 @@ mod tests {
     fn frozen_phase_holds_writes_and_reads_the_target() {
         let base = Routing::new(table(3, vec![])).unwrap();
         let key = key_on(&base, 0, "k");
-        let routing = Routing::new(table(
-            3,
-            vec![migration(
-                "m",
-                RoutingPhase::Frozen,
-                vec![move_of(&key, 0, 2)],
-            )],
-        ))
-        .unwrap();
+        let routing = migrating(RoutingPhase::Frozen, vec![move_of(&key, 0, 2)]);
         assert_eq!(
             route(&routing, &cmd(&["GET", &key])),
             Decision::Single {
@@ -681,15 +650,7 @@ mod tests {
         let base = Routing::new(table(3, vec![])).unwrap();
         let moving = key_on(&base, 0, "k");
         let staying = key_on(&base, 0, "s");
-        let routing = Routing::new(table(
-            3,
-            vec![migration(
-                "m",
-                RoutingPhase::Frozen,
-                vec![move_of(&moving, 0, 2)],
-            )],
-        ))
-        .unwrap();
+        let routing = migrating(RoutingPhase::Frozen, vec![move_of(&moving, 0, 2)]);
         assert_eq!(
             route(&routing, &cmd(&["SET", &staying, "v"])),
             Decision::Single {
@@ -709,15 +670,10 @@ mod tests {
         let base = Routing::new(table(3, vec![])).unwrap();
         let a = key_on(&base, 0, "a");
         let b = key_on(&base, 0, "b");
-        let routing = Routing::new(table(
-            3,
-            vec![migration(
-                "m",
-                RoutingPhase::DualWrite,
-                vec![move_of(&a, 0, 2), move_of(&b, 0, 2)],
-            )],
-        ))
-        .unwrap();
+        let routing = migrating(
+            RoutingPhase::DualWrite,
+            vec![move_of(&a, 0, 2), move_of(&b, 0, 2)],
+        );
         assert_eq!(
             route(&routing, &cmd(&["MSET", &a, "1", &b, "2"])),
             Decision::DualWrite {
@@ -903,11 +859,7 @@ mod tests {
                 TxDecision::Single(2),
             ),
         ] {
-            let routing = Routing::new(table(
-                3,
-                vec![migration("m", phase, vec![move_of(&moving, 0, 2)])],
-            ))
-            .unwrap();
+            let routing = migrating(phase, vec![move_of(&moving, 0, 2)]);
             assert_eq!(
                 route_transaction(&routing, &tx(&[&["GET", &moving], &["SET", &moving, "1"]])),
                 writes,

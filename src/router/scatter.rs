@@ -18,9 +18,9 @@ use bytes::Bytes;
 use futures::FutureExt;
 use redis::Value;
 
-use super::commands::{Command, ScatterCmd};
+use super::commands::{Command, KeyError, ScatterCmd};
 use super::context::{Context, Installed};
-use super::dispatch::{Dispatched, Reply, TRYAGAIN_NO_TABLE, to_cmd};
+use super::dispatch::{Dispatched, Reply, TRYAGAIN_NO_TABLE, no_conns, to_cmd};
 use super::metrics::Outcome;
 use super::resp::{Frame, parse_int, server_error_text};
 use super::table::Lease;
@@ -58,12 +58,9 @@ pub fn next_cursor(next: u64, ordinal: usize, shards: usize) -> Option<u64> {
 /// Starts a scatter command.
 pub fn run(ctx: &Arc<Context>, slot: usize, kind: ScatterCmd, command: Command) -> Dispatched {
     if let Some(spec) = command.spec
-        && !spec.arity_ok(command.args.len())
+        && let Err(error) = spec.check_arity(command.args.len())
     {
-        return Dispatched::ready(Reply::error(
-            format!("ERR wrong number of arguments for '{}' command", spec.name),
-            Outcome::Error,
-        ));
+        return Dispatched::ready(Reply::error(error.to_string(), Outcome::Error));
     }
     let Some(lease) = ctx.lease() else {
         return Dispatched::ready(Reply::error(TRYAGAIN_NO_TABLE, Outcome::Error));
@@ -96,21 +93,15 @@ async fn fan_out(
     let mut calls = Vec::new();
     for shard in table.routing.shards() {
         let Some(conns) = table.conns(shard.index) else {
-            return Err(Reply::error(
-                format!(
-                    "TRYAGAIN ringmaster: shard {} has no address yet, retry",
-                    table.shard_label(shard.index)
-                ),
-                Outcome::Error,
-            ));
+            return Err(no_conns(table, shard.index));
         };
         let primary = Arc::clone(&conns.primary);
         let cmd = &cmd;
         calls.push(async move { (shard.index, primary.call(slot, cmd).await) });
     }
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
     let mut replies = Vec::with_capacity(calls.len());
     for (index, result) in futures::future::join_all(calls).await {
-        let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
         match result {
             Ok(Value::ServerError(error)) => {
                 return Err(Reply::error(
@@ -140,10 +131,7 @@ async fn fan_out(
 
 async fn ping(ctx: Arc<Context>, slot: usize, lease: Lease<Installed>, args: Vec<Bytes>) -> Reply {
     if args.len() > 2 {
-        return Reply::error(
-            "ERR wrong number of arguments for 'ping' command",
-            Outcome::Error,
-        );
+        return Reply::error(KeyError::Arity("ping").to_string(), Outcome::Error);
     }
     match fan_out(&ctx, slot, &lease, &args[..1]).await {
         Err(reply) => reply,
@@ -203,7 +191,12 @@ async fn keys(ctx: Arc<Context>, slot: usize, lease: Lease<Installed>, args: Vec
     }
 }
 
-async fn scan(ctx: Arc<Context>, slot: usize, lease: Lease<Installed>, args: Vec<Bytes>) -> Reply {
+async fn scan(
+    ctx: Arc<Context>,
+    slot: usize,
+    lease: Lease<Installed>,
+    mut args: Vec<Bytes>,
+) -> Reply {
     let Some(cursor) = std::str::from_utf8(&args[1])
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
@@ -216,17 +209,10 @@ async fn scan(ctx: Arc<Context>, slot: usize, lease: Lease<Installed>, args: Vec
         return Reply::error("ERR invalid cursor", Outcome::Error);
     };
     let Some(conns) = lease.conns(shard) else {
-        return Reply::error(
-            format!(
-                "TRYAGAIN ringmaster: shard {} has no address yet, retry",
-                lease.shard_label(shard)
-            ),
-            Outcome::Error,
-        );
+        return no_conns(&lease, shard);
     };
-    let mut shard_args = args.clone();
-    shard_args[1] = Bytes::from(shard_cursor.to_string());
-    let result = conns.primary.call(slot, &to_cmd(&shard_args)).await;
+    args[1] = Bytes::from(shard_cursor.to_string());
+    let result = conns.primary.call(slot, &to_cmd(&args)).await;
     let (next, keys) = match result {
         Ok(Value::Array(mut parts)) if parts.len() == 2 => {
             let keys = parts.pop().unwrap_or(Value::Nil);

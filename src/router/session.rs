@@ -25,7 +25,7 @@ use crate::runtime::shutdown::Shutdown;
 
 use super::commands::{Command, Kind, LocalCmd};
 use super::context::Context;
-use super::dispatch::{self, Body, CROSSSLOT, Dispatched, Reply, ReplyFuture};
+use super::dispatch::{self, Body, CROSSSLOT, Dispatched, Reply, ReplyFuture, ready};
 use super::metrics::Outcome;
 use super::resp::{Frame, RequestParser, encode_value};
 use super::route::{Dest, command_dest, unsupported_text};
@@ -167,9 +167,17 @@ impl Session {
                 Ok(None) => break,
                 Err(error) => return Err(Frame::error(format!("ERR {error}"))),
             };
-            let (dispatched, next) = self.handle(Command::new(args));
+            let command = Command::new(args);
+            let (label, dispatched_at) = (command.label(), Instant::now());
+            let (dispatched, next) = self.handle(command);
             let barrier = dispatched.barrier;
-            match start(dispatched.reply) {
+            let ctx = Arc::clone(&self.ctx);
+            let timed = dispatched.reply.map(move |reply| {
+                let seconds = dispatched_at.elapsed().as_secs_f64();
+                ctx.metrics.command(label, reply.outcome, seconds);
+                reply
+            });
+            match start(timed) {
                 // Fast path: nothing ahead of it, answer at once.
                 Started::Done(reply) if pending.is_empty() => encode(&reply, output),
                 started => pending.push_back(started.into_future()),
@@ -181,29 +189,8 @@ impl Session {
         Ok((false, Next::Continue))
     }
 
-    /// Dispatches one command, timing it for the metrics.
+    /// Dispatches one command.
     fn handle(&mut self, command: Command) -> (Dispatched, Next) {
-        let label = command.label();
-        let started = Instant::now();
-        let (dispatched, next) = self.handle_untimed(command);
-        let metrics = self.ctx.metrics.clone();
-        let reply = dispatched
-            .reply
-            .map(move |reply| {
-                metrics.command(label, reply.outcome, started.elapsed().as_secs_f64());
-                reply
-            })
-            .boxed();
-        (
-            Dispatched {
-                reply,
-                barrier: dispatched.barrier,
-            },
-            next,
-        )
-    }
-
-    fn handle_untimed(&mut self, command: Command) -> (Dispatched, Next) {
         let kind = command.spec.map(|spec| spec.kind);
         if !self.authenticated
             && !matches!(
@@ -251,10 +238,12 @@ impl Session {
     /// Commands answered by the router.
     fn local(&mut self, cmd: LocalCmd, command: &Command) -> (Dispatched, Next) {
         if let Some(spec) = command.spec
-            && !spec.arity_ok(command.args.len())
+            && let Err(error) = spec.check_arity(command.args.len())
         {
-            let text = format!("ERR wrong number of arguments for '{}' command", spec.name);
-            return (now(Reply::error(text, Outcome::Error)), Next::Continue);
+            return (
+                now(Reply::error(error.to_string(), Outcome::Error)),
+                Next::Continue,
+            );
         }
         let frame = match cmd {
             LocalCmd::Auth => self.auth(&command.args[1..]),
@@ -518,10 +507,6 @@ fn now(reply: Reply) -> Dispatched {
     Dispatched::ready(reply)
 }
 
-fn ready(reply: Reply) -> ReplyFuture {
-    futures::future::ready(reply).boxed()
-}
-
 fn encode(reply: &Reply, out: &mut BytesMut) {
     match &reply.body {
         Body::Frame(frame) => frame.encode(out),
@@ -550,7 +535,7 @@ impl Started {
 /// The future runs outside Tokio's cooperative budget: with the budget spent (after
 /// a hundred-odd commands of one pipeline), a lock or channel would answer `Pending`
 /// without queueing the command, and later polls could write it out of order.
-fn start(future: ReplyFuture) -> Started {
+fn start(future: impl Future<Output = Reply> + Send + 'static) -> Started {
     let mut future = tokio::task::unconstrained(future).boxed();
     let mut cx = TaskContext::from_waker(Waker::noop());
     match future.as_mut().poll(&mut cx) {

@@ -11,10 +11,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
+use crate::operator::names::ROUTING_KEY;
 use crate::runtime::shutdown::Shutdown;
-
-/// Key of the routing table in the ConfigMap.
-pub const ROUTING_KEY: &str = "routing.json";
 
 /// Interval of the file poll.
 pub const FILE_POLL_INTERVAL: Duration = Duration::from_millis(200);

@@ -67,6 +67,22 @@ pub fn non_root_prefix() -> Result<Vec<String>, String> {
     }
 }
 
+/// `ringmaster instance` from the test build, as a non-root user (see
+/// [`non_root_prefix`]), with an empty environment but the agent's `PATH`.
+pub fn agent_command() -> Command {
+    let prefix = non_root_prefix().unwrap();
+    let mut cmd = match prefix.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_ringmaster"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_ringmaster")),
+    };
+    cmd.arg("instance").env_clear().env("PATH", agent_path());
+    cmd
+}
+
 /// Why a test of an agent running `program` cannot run here, if it cannot.
 pub fn skip_reason(program: &str) -> Option<String> {
     if !installed(program) {

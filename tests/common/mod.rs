@@ -84,13 +84,7 @@ pub mod shards;
 /// status, without the replication figures that drift by design (positions and lags,
 /// refreshed in the status every few seconds while the servers exchange heartbeats).
 pub fn shard_fingerprint(shard: &ringmaster::api::Shard) -> String {
-    let mut status = shard.status.clone().unwrap_or_default();
-    status.max_lag_bytes = None;
-    for instance in &mut status.instances {
-        instance.position = None;
-        instance.lag_bytes = None;
-        instance.lag_seconds = None;
-    }
+    let status = shard.status.clone().unwrap_or_default().steady();
     serde_json::json!({
         "generation": shard.metadata.generation,
         "spec": shard.spec,

@@ -3,9 +3,11 @@
 
 #![allow(dead_code)]
 
+#[path = "agent_host.rs"]
+mod agent_host;
+
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
@@ -62,15 +64,15 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts a server requiring `password` and waits until it answers PING.
-    pub fn start(password: &str) -> Self {
+    /// Starts a server requiring [`PASSWORD`] and waits until it answers PING.
+    pub fn start() -> Self {
         let port = free_port();
         let dir = tempfile::tempdir().expect("temporary directory");
         let child = Command::new(REDIS_SERVER)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args([
                 "--requirepass",
-                password,
+                PASSWORD,
                 "--save",
                 "",
                 "--appendonly",
@@ -260,14 +262,8 @@ impl RouterProcess {
 
     /// `GET <path>` on the HTTP port: status code and body.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let code = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-        Some((code, body))
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.http_port));
+        agent_host::http(addr, "GET", path, None, None).ok()
     }
 
     /// An authenticated client connection through the router.

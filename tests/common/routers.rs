@@ -173,9 +173,7 @@ pub async fn preload(
     let mut conn: Option<MultiplexedConnection> = None;
     let indexes: Vec<u64> = keys.clone().collect();
     for chunk in indexes.chunks(PIPELINE) {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        for attempt in 1..=ATTEMPTS {
             let mut pipe = redis::pipe();
             let mut versions = Vec::with_capacity(chunk.len());
             for &n in chunk {
@@ -186,47 +184,21 @@ pub async fn preload(
                 pipe.cmd("SET").arg(key(n)).arg(version).ignore();
                 versions.push(version);
             }
-            let result = async {
-                if conn.is_none() {
-                    conn = Some(connect(router).await?);
-                }
-                let c = conn.as_mut().expect("connected");
-                pipe.query_async::<()>(c).await
-            };
-            match tokio::time::timeout(OP_DEADLINE * 2, result).await {
-                Ok(Ok(())) => {
+            match try_pipeline::<()>(router, &mut conn, &pipe).await {
+                Ok(()) => {
                     for (&n, version) in chunk.iter().zip(versions) {
                         let entry = ledger.entries.entry(n).or_default();
                         entry.acked = Some(entry.acked.map_or(version, |a| a.max(version)));
                     }
                     break;
                 }
-                Ok(Err(e)) if attempt < ATTEMPTS => {
-                    conn = None;
-                    backoff(attempt).await;
-                    drop(e);
-                }
-                Err(_) if attempt < ATTEMPTS => {
-                    conn = None;
-                    backoff(attempt).await;
-                }
-                Ok(Err(e)) => {
-                    return Err(anyhow!(e)).with_context(|| {
-                        format!(
-                            "preloading keys {} to {} through {}",
-                            chunk[0],
-                            chunk[chunk.len() - 1],
-                            router.addr
-                        )
-                    });
-                }
-                Err(_) => {
+                Err(_) if attempt < ATTEMPTS => backoff(attempt).await,
+                Err(e) => {
                     return Err(anyhow!(
-                        "preloading keys {} to {} through {}: no answer within {:?}",
+                        "preloading keys {} to {} through {}: {e}",
                         chunk[0],
                         chunk[chunk.len() - 1],
-                        router.addr,
-                        OP_DEADLINE * 2
+                        router.addr
                     ));
                 }
             }
@@ -241,6 +213,42 @@ pub async fn preload(
 async fn backoff(attempt: usize) {
     let millis = 100u64 * u64::try_from(attempt).unwrap_or(1);
     tokio::time::sleep(Duration::from_millis(millis.min(1000))).await;
+}
+
+/// One attempt of `pipe` on `endpoint` (connecting first when `conn` is `None`) within
+/// twice [`OP_DEADLINE`]; a failed attempt drops the connection.
+async fn try_pipeline<T: redis::FromRedisValue>(
+    endpoint: &Endpoint,
+    conn: &mut Option<MultiplexedConnection>,
+    pipe: &redis::Pipeline,
+) -> Result<T, String> {
+    let attempt = async {
+        if conn.is_none() {
+            *conn = Some(connect(endpoint).await?);
+        }
+        pipe.query_async::<T>(conn.as_mut().expect("connected"))
+            .await
+    };
+    let error = match tokio::time::timeout(OP_DEADLINE * 2, attempt).await {
+        Ok(Ok(value)) => return Ok(value),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {:?}", OP_DEADLINE * 2),
+    };
+    *conn = None;
+    Err(error)
+}
+
+/// The version a `GET` returned (a value that is no number reads as 0, a version never
+/// sent).
+fn read_version(value: Option<&str>) -> Option<u64> {
+    value.map(|v| v.parse::<u64>().unwrap_or(0))
+}
+
+/// Counts `n` more of error `message`, keeping at most [`EXAMPLES`] distinct messages.
+fn note_error(examples: &mut BTreeMap<String, u64>, message: String, n: u64) {
+    if examples.len() < EXAMPLES || examples.contains_key(&message) {
+        *examples.entry(message).or_default() += n;
+    }
 }
 
 /// Client errors by kind.
@@ -357,15 +365,11 @@ impl LoadReport {
         self.reads += other.reads;
         self.errors.add(&other.errors);
         self.ryw_violations += other.ryw_violations;
-        for e in other.ryw_examples {
-            if self.ryw_examples.len() < EXAMPLES {
-                self.ryw_examples.push(e);
-            }
-        }
+        let room = EXAMPLES.saturating_sub(self.ryw_examples.len());
+        self.ryw_examples
+            .extend(other.ryw_examples.into_iter().take(room));
         for (message, n) in other.error_examples {
-            if self.error_examples.len() < EXAMPLES || self.error_examples.contains_key(&message) {
-                *self.error_examples.entry(message).or_default() += n;
-            }
+            note_error(&mut self.error_examples, message, n);
         }
         self.elapsed = self.elapsed.max(other.elapsed);
     }
@@ -595,8 +599,7 @@ impl Worker {
                 continue;
             };
             report.reads += 1;
-            let version = value.as_deref().map(|v| v.parse::<u64>().unwrap_or(0));
-            if !expected.admits(version) {
+            if !expected.admits(read_version(value.as_deref())) {
                 report.ryw_violations += 1;
                 self.shared.ryw_violations.fetch_add(1, Ordering::Relaxed);
                 if report.ryw_examples.len() < EXAMPLES {
@@ -652,9 +655,7 @@ impl Worker {
             ErrorKind::Other => report.errors.other += 1,
         }
         let message: String = error.1.chars().take(160).collect();
-        if report.error_examples.len() < EXAMPLES || report.error_examples.contains_key(&message) {
-            *report.error_examples.entry(message).or_default() += 1;
-        }
+        note_error(&mut report.error_examples, message, 1);
         tokio::time::sleep(ERROR_PAUSE).await;
         None
     }
@@ -735,32 +736,22 @@ async fn read_values(
     conn: &mut Option<MultiplexedConnection>,
     keys: &[String],
 ) -> anyhow::Result<Vec<Option<String>>> {
-    let mut last = None;
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.cmd("GET").arg(k);
+    }
+    let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.cmd("GET").arg(k);
+        match try_pipeline(endpoint, conn, &pipe).await {
+            Ok(values) => return Ok(values),
+            Err(e) => last = e,
         }
-        let result = async {
-            if conn.is_none() {
-                *conn = Some(connect(endpoint).await?);
-            }
-            pipe.query_async::<Vec<Option<String>>>(conn.as_mut().expect("connected"))
-                .await
-        };
-        match tokio::time::timeout(OP_DEADLINE * 2, result).await {
-            Ok(Ok(values)) => return Ok(values),
-            Ok(Err(e)) => last = Some(e.to_string()),
-            Err(_) => last = Some("timed out".to_owned()),
-        }
-        *conn = None;
         backoff(attempt).await;
     }
     Err(anyhow!(
-        "reading {} keys from {} failed {ATTEMPTS} times; last: {}",
+        "reading {} keys from {} failed {ATTEMPTS} times; last: {last}",
         keys.len(),
-        endpoint.addr,
-        last.unwrap_or_default()
+        endpoint.addr
     ))
 }
 
@@ -788,6 +779,29 @@ pub async fn scan_all(endpoint: &Endpoint) -> anyhow::Result<BTreeSet<String>> {
     Err(anyhow!("SCAN of {} did not end", endpoint.addr))
 }
 
+/// Files a value read of a key under `lost` (older than acknowledged, or missing) or
+/// `impossible` (no version sent) unless its ledger `entry` admits it; `read` names
+/// the key, where it was read and the value.
+fn judge(
+    entry: &Entry,
+    value: Option<&str>,
+    read: impl FnOnce() -> String,
+    lost: &mut Vec<String>,
+    impossible: &mut Vec<String>,
+) {
+    let version = read_version(value);
+    if entry.lost(version) {
+        lost.push(format!("{}, acknowledged {:?}", read(), entry.acked));
+    } else if !entry.admits(version) {
+        impossible.push(format!(
+            "{}, acknowledged {:?}, sent {}",
+            read(),
+            entry.acked,
+            entry.sent
+        ));
+    }
+}
+
 /// Audits `ledger` after a migration: (1) every key read through `router` holds a
 /// version in `[acknowledged, sent]`; (2) reading every shard of `shards` directly,
 /// each key is only on its owner under `ring`, holds a possible version there, and
@@ -806,18 +820,13 @@ pub async fn audit(
         let values = read_values(router, &mut conn, &keys).await?;
         for ((k, (_, entry)), value) in keys.iter().zip(chunk).zip(values) {
             audit.checked += 1;
-            let version = value.as_deref().map(|v| v.parse::<u64>().unwrap_or(0));
-            if entry.lost(version) {
-                audit.lost_via_router.push(format!(
-                    "{k} (router): got {value:?}, acknowledged {:?}",
-                    entry.acked
-                ));
-            } else if !entry.admits(version) {
-                audit.impossible.push(format!(
-                    "{k} (router): got {value:?}, acknowledged {:?}, sent {}",
-                    entry.acked, entry.sent
-                ));
-            }
+            judge(
+                entry,
+                value.as_deref(),
+                || format!("{k} (router): got {value:?}"),
+                &mut audit.lost_via_router,
+                &mut audit.impossible,
+            );
         }
     }
     let mut found: HashMap<u64, Vec<i32>> = HashMap::new();
@@ -847,22 +856,19 @@ pub async fn audit(
             let values = read_values(endpoint, &mut direct, &keys).await?;
             for ((n, k), value) in chunk.iter().zip(values) {
                 let entry = ledger.entries.get(n).copied().unwrap_or_default();
-                let version = value.as_deref().map(|v| v.parse::<u64>().unwrap_or(0));
                 if value.is_none() {
                     // deleted between the SCAN and the GET: nobody deletes keys
                     audit
                         .missing_on_owner
                         .push(format!("{k} vanished from shard {index} during the audit"));
-                } else if entry.lost(version) {
-                    audit.lost_on_owner.push(format!(
-                        "{k} on shard {index}: {value:?}, acknowledged {:?}",
-                        entry.acked
-                    ));
-                } else if !entry.admits(version) {
-                    audit.impossible.push(format!(
-                        "{k} on shard {index}: {value:?}, acknowledged {:?}, sent {}",
-                        entry.acked, entry.sent
-                    ));
+                } else {
+                    judge(
+                        &entry,
+                        value.as_deref(),
+                        || format!("{k} on shard {index}: {value:?}"),
+                        &mut audit.lost_on_owner,
+                        &mut audit.impossible,
+                    );
                 }
             }
         }

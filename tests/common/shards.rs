@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use ringmaster::api::agent::AgentStatus;
 use ringmaster::api::shard::{FailoverRecord, Role};
 use ringmaster::api::{Shard, ShardedCluster};
+use ringmaster::instance::process_tree;
 use ringmaster_e2e::wait_for;
 use serde_json::json;
 
@@ -155,13 +156,9 @@ impl ShardUnderTest {
 
     /// The agent's `/status` of Pod `name`.
     pub async fn agent(&self, name: &str) -> anyhow::Result<AgentStatus> {
-        let ip = pod_ip(&self.pod(name).await?)?;
+        let pod = self.pod(name).await?;
         let token = self.secret("agent-token").await?;
-        let (code, body) = agent_get(&format!("{ip}:8000"), "/status", &token).await?;
-        if code != 200 {
-            return Err(anyhow!("/status of {name}: {code} {body}"));
-        }
-        Ok(serde_json::from_str(&body)?)
+        agent_status(&pod, &token).await
     }
 
     /// Waits until the cluster is Ready and every replica streams; returns the primary.
@@ -238,14 +235,19 @@ impl ShardUnderTest {
         .await
     }
 
-    /// Sends `signal` to the process group of the database server in Pod `name`.
-    pub async fn signal_server(&self, name: &str, signal: Signal) -> anyhow::Result<i32> {
+    /// The pid of the database server in Pod `name`, as its agent reports it.
+    async fn server_pid(&self, name: &str) -> anyhow::Result<i32> {
         let pid = self
             .agent(name)
             .await?
             .pid
             .ok_or_else(|| anyhow!("{name}'s server is not running"))?;
-        let pid = i32::try_from(pid)?;
+        Ok(i32::try_from(pid)?)
+    }
+
+    /// Sends `signal` to the process group of the database server in Pod `name`.
+    pub async fn signal_server(&self, name: &str, signal: Signal) -> anyhow::Result<i32> {
+        let pid = self.server_pid(name).await?;
         nix::sys::signal::killpg(Pid::from_raw(pid), signal)
             .with_context(|| format!("{signal} to process group {pid}"))?;
         Ok(pid)
@@ -254,17 +256,15 @@ impl ShardUnderTest {
     /// Sends `signal` to the database server in Pod `name` and every process it
     /// started (PostgreSQL backends run in sessions of their own); returns the pids.
     pub async fn signal_server_tree(&self, name: &str, signal: Signal) -> anyhow::Result<Vec<i32>> {
-        let pid = self
-            .agent(name)
-            .await?
-            .pid
-            .ok_or_else(|| anyhow!("{name}'s server is not running"))?;
-        let root = i32::try_from(pid)?;
+        let root = self.server_pid(name).await?;
         // freeze the root first so that it starts no process we would miss
         if signal == Signal::SIGSTOP {
             nix::sys::signal::kill(Pid::from_raw(root), signal)?;
         }
-        let tree = process_tree(root);
+        let tree: Vec<i32> = process_tree::tree(root.unsigned_abs())
+            .into_iter()
+            .filter_map(|p| i32::try_from(p).ok())
+            .collect();
         signal_all(&tree, signal);
         Ok(tree)
     }
@@ -306,14 +306,15 @@ impl ShardUnderTest {
             })
             .map(ResourceExt::name_any)
             .collect();
+        let token = self.secret("agent-token").await;
         let mut serving = Vec::new();
         for pod in &pods {
-            let name = pod.name_any();
-            if let Ok(status) = self.agent(&name).await
+            if let Ok(token) = &token
+                && let Ok(status) = agent_status(pod, token).await
                 && status.server_up
                 && status.role == Some(Role::Primary)
             {
-                serving.push(name);
+                serving.push(pod.name_any());
             }
         }
         Ok((labelled, serving))
@@ -328,6 +329,16 @@ pub fn pod_ip(pod: &Pod) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("Pod {} has no IP", pod.name_any()))
 }
 
+/// The `/status` of `pod`'s agent, asked with the agent token `token`.
+async fn agent_status(pod: &Pod, token: &str) -> anyhow::Result<AgentStatus> {
+    let ip = pod_ip(pod)?;
+    let (code, body) = agent_get(&format!("{ip}:8000"), "/status", token).await?;
+    if code != 200 {
+        return Err(anyhow!("/status of {}: {code} {body}", pod.name_any()));
+    }
+    Ok(serde_json::from_str(&body)?)
+}
+
 /// `GET <path>` on an agent with its bearer token: (status code, body).
 pub async fn agent_get(addr: &str, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
     tokio::time::timeout(
@@ -336,22 +347,6 @@ pub async fn agent_get(addr: &str, path: &str, token: &str) -> anyhow::Result<(u
     )
     .await
     .map_err(|_| anyhow!("{addr}{path}: no answer within 10 s"))?
-}
-
-/// `root` and its descendants, from `/proc`.
-pub fn process_tree(root: i32) -> Vec<i32> {
-    let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = u32::try_from(tree[i]).unwrap_or_default();
-        tree.extend(
-            super::agent_host::children_where(parent, |_| true)
-                .into_iter()
-                .filter_map(|c| i32::try_from(c).ok()),
-        );
-        i += 1;
-    }
-    tree
 }
 
 /// Sends `signal` to each of `pids` (ignoring those gone).

@@ -5,7 +5,7 @@ use super::connect::Conn;
 use super::error::Result;
 use super::keys;
 use super::plan::{MoveIndex, Side};
-use crate::ring::{RangeMove, key_hash};
+use crate::ring::RangeMove;
 
 /// What one [`delete_batch`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,8 +29,7 @@ pub async fn delete_batch(
     cursor: u64,
     count: usize,
 ) -> Result<DeleteOutcome> {
-    let relevant = side.relevant(moves);
-    let index = MoveIndex::new(&relevant);
+    let index = MoveIndex::new(side.relevant(moves));
     let (next_cursor, scanned) = keys::scan(conn, cursor, count).await?;
     let mut outcome = DeleteOutcome {
         next_cursor,
@@ -39,7 +38,7 @@ pub async fn delete_batch(
     };
     let doomed: Vec<Vec<u8>> = keys::dedup(scanned)
         .into_iter()
-        .filter(|k| index.find(&relevant, key_hash(k)).is_some())
+        .filter(|k| index.find_key(k).is_some())
         .collect();
     if doomed.is_empty() {
         return Ok(outcome);

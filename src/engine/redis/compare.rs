@@ -103,10 +103,13 @@ impl Content {
 }
 
 /// Reads the content of `keys` with two pipelines: `TYPE`, then a read per type.
-pub(crate) async fn read_contents(conn: &mut Conn, keys: &[Vec<u8>]) -> Result<Vec<Content>> {
+pub(crate) async fn read_contents(
+    conn: &mut Conn,
+    keys: &[impl AsRef<[u8]>],
+) -> Result<Vec<Content>> {
     let mut types = pipeline();
     for key in keys {
-        types.cmd("TYPE").arg(key);
+        types.cmd("TYPE").arg(key.as_ref());
     }
     let kinds: Vec<String> = conn
         .pipeline(|| format!("TYPE of {} keys", keys.len()), &types)
@@ -116,6 +119,7 @@ pub(crate) async fn read_contents(conn: &mut Conn, keys: &[Vec<u8>]) -> Result<V
         .collect();
     let mut reads = pipeline();
     for (key, kind) in keys.iter().zip(&kinds) {
+        let key = key.as_ref();
         match kind.as_str() {
             "string" => reads.cmd("GET").arg(key),
             "list" => reads.cmd("LRANGE").arg(key).arg(0).arg(-1),

@@ -68,12 +68,12 @@ pub async fn connect(endpoint: &Endpoint, db: i64, timeout: Duration) -> Result<
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
     let client = Client::open(info).map_err(connect_error)?;
-    let con = tokio::time::timeout(
+    let con = within(
         timeout,
         client.get_multiplexed_async_connection_with_config(&config),
     )
     .await
-    .map_err(|_| MigrateError::ConnectTimeout {
+    .ok_or_else(|| MigrateError::ConnectTimeout {
         address: endpoint.address.clone(),
         db,
         timeout,

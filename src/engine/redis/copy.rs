@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::connect::Conn;
 use super::error::{MigrateError, Result};
 use super::keys::{self, KeyState, Write};
-use super::plan::SourcePlan;
+use super::plan::{MovingKey, SourcePlan, by_target};
 
 /// What one [`backfill_batch`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,15 +50,12 @@ pub async fn backfill_batch(
         scanned: scanned.len() as u64,
         ..BatchOutcome::default()
     };
-    let (moving, owners): (Vec<Vec<u8>>, Vec<i32>) = keys::dedup(scanned)
-        .into_iter()
-        .filter_map(|key| plan.target_of_key(&key).map(|target| (key, target)))
-        .unzip();
+    let moving = plan.moving(keys::dedup(scanned));
     if moving.is_empty() {
         return Ok(outcome);
     }
     let states = keys::read(source, &moving).await?;
-    for (target, positions) in by_target(&owners, &states) {
+    for (target, positions) in by_target(&moving) {
         let conn = target_conn(targets, plan, target)?;
         copy_to(conn, &moving, &states, &positions, target, &mut outcome).await?;
     }
@@ -66,22 +63,11 @@ pub async fn backfill_batch(
     Ok(outcome)
 }
 
-/// Positions of the present keys, grouped by their target shard (`owners[i]` is key
-/// `i`'s).
-pub(crate) fn by_target(owners: &[i32], states: &[KeyState]) -> BTreeMap<i32, Vec<usize>> {
-    let mut groups: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-    for (i, (&target, state)) in owners.iter().zip(states).enumerate() {
-        if matches!(state, KeyState::Present { .. }) {
-            groups.entry(target).or_default().push(i);
-        }
-    }
-    groups
-}
-
-/// `RESTORE` (no `REPLACE`) of the keys at `positions` on `conn`, counted in `outcome`.
+/// `RESTORE` (no `REPLACE`) of the present keys at `positions` on `conn`, counted in
+/// `outcome`.
 async fn copy_to(
     conn: &mut Conn,
-    keys: &[Vec<u8>],
+    keys: &[MovingKey],
     states: &[KeyState],
     positions: &[usize],
     target: i32,
@@ -91,7 +77,7 @@ async fn copy_to(
         .iter()
         .filter_map(|&i| match &states[i] {
             KeyState::Present { payload, ttl_ms } => Some(Write::Restore {
-                key: &keys[i],
+                key: &keys[i].key,
                 payload,
                 ttl_ms: *ttl_ms,
                 replace: false,

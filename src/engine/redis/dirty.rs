@@ -8,7 +8,7 @@ use super::connect::Conn;
 use super::copy::{check_targets, target_conn};
 use super::error::{MigrateError, Result};
 use super::keys::{self, Write};
-use super::plan::SourcePlan;
+use super::plan::{MovingKey, SourcePlan, by_target};
 use crate::api::routing::dirty_set_key;
 
 /// What one [`drain_dirty`] did.
@@ -55,11 +55,10 @@ pub async fn drain_dirty(
         popped: popped.len() as u64,
         ..DrainOutcome::default()
     };
-    if !popped.is_empty() {
-        match mirror_popped(source, targets, plan, &popped, &mut outcome).await {
-            Ok(()) => {}
-            Err(cause) => return Err(put_back(source_db1, &set, &popped, cause).await),
-        }
+    if !popped.is_empty()
+        && let Err(cause) = mirror_popped(source, targets, plan, &popped, &mut outcome).await
+    {
+        return Err(put_back(source_db1, &set, &popped, cause).await);
     }
     outcome.remaining = dirty_count(source_db1, migration).await?;
     Ok(outcome)
@@ -73,11 +72,7 @@ async fn mirror_popped(
     popped: &[Vec<u8>],
     outcome: &mut DrainOutcome,
 ) -> Result<()> {
-    let moving: Vec<Vec<u8>> = popped
-        .iter()
-        .filter(|k| plan.target_of_key(k).is_some())
-        .cloned()
-        .collect();
+    let moving = plan.moving(popped.iter().cloned());
     outcome.ignored = (popped.len() - moving.len()) as u64;
     let mirrored = mirror(source, targets, plan, &moving).await?;
     if let Some(failure) = mirrored.failed.into_iter().next() {
@@ -139,7 +134,7 @@ pub async fn delete_dirty_set(source_db1: &mut Conn, migration: &str) -> Result<
 pub(crate) async fn dirty_members(
     source_db1: &mut Conn,
     migration: &str,
-    keys: &[Vec<u8>],
+    keys: &[&[u8]],
 ) -> Result<Vec<bool>> {
     if keys.is_empty() {
         return Ok(Vec::new());
@@ -181,33 +176,22 @@ pub(crate) struct MirrorFailure {
     pub error: MigrateError,
 }
 
-/// Makes each target's copy of `keys` (all in a move of `plan`) equal to the source
-/// now: `DUMP`/`PTTL` on the source, then `RESTORE … REPLACE` or `DEL` per target.
-/// Error replies for single keys are returned in [`Mirrored::failed`].
+/// Makes each target's copy of `keys` (distinct keys of moves of `plan`) equal to the
+/// source now: `DUMP`/`PTTL` on the source, then `RESTORE … REPLACE` or `DEL` per
+/// target. Error replies for single keys are returned in [`Mirrored::failed`].
 pub(crate) async fn mirror(
     source: &mut Conn,
     targets: &mut BTreeMap<i32, Conn>,
     plan: &SourcePlan,
-    keys: &[Vec<u8>],
+    keys: &[MovingKey],
 ) -> Result<Mirrored> {
-    let keys = keys::dedup(keys.to_vec());
-    let owners: Vec<i32> = keys
-        .iter()
-        .map(|k| plan.target_of_key(k).unwrap_or(plan.source()))
-        .collect();
-    let states = keys::read(source, &keys).await?;
+    let states = keys::read(source, keys).await?;
     let mut mirrored = Mirrored::default();
-    let mut groups: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-    for (i, &target) in owners.iter().enumerate() {
-        if target != plan.source() {
-            groups.entry(target).or_default().push(i);
-        }
-    }
-    for (target, positions) in groups {
+    for (target, positions) in by_target(keys) {
         let conn = target_conn(targets, plan, target)?;
         let writes: Vec<Write<'_>> = positions
             .iter()
-            .map(|&i| Write::mirror(&keys[i], &states[i]))
+            .map(|&i| Write::mirror(&keys[i].key, &states[i]))
             .collect();
         let answers = keys::write(conn, &writes).await?;
         for (w, answer) in writes.iter().zip(answers) {

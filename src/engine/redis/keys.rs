@@ -80,9 +80,10 @@ pub(crate) async fn scan(
 }
 
 /// Reads every key of `keys` with one pipeline of `DUMP` + `PTTL` per key.
-pub(crate) async fn read(conn: &mut Conn, keys: &[Vec<u8>]) -> Result<Vec<KeyState>> {
+pub(crate) async fn read(conn: &mut Conn, keys: &[impl AsRef<[u8]>]) -> Result<Vec<KeyState>> {
     let mut pipe = pipeline();
     for key in keys {
+        let key = key.as_ref();
         pipe.cmd("DUMP").arg(key).cmd("PTTL").arg(key);
     }
     let replies = conn
@@ -91,6 +92,7 @@ pub(crate) async fn read(conn: &mut Conn, keys: &[Vec<u8>]) -> Result<Vec<KeySta
     let mut replies = replies.into_iter();
     let mut states = Vec::with_capacity(keys.len());
     for key in keys {
+        let key = key.as_ref();
         let (dump, pttl) = (replies.next(), replies.next());
         let payload = match dump {
             Some(Value::Nil) => None,
@@ -206,9 +208,9 @@ pub(crate) fn fingerprint(key: &[u8]) -> u128 {
 }
 
 /// `keys` without repeats, first occurrence kept.
-pub(crate) fn dedup(keys: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+pub(crate) fn dedup<K: AsRef<[u8]>>(keys: Vec<K>) -> Vec<K> {
     let mut seen = std::collections::HashSet::with_capacity(keys.len());
-    let first: Vec<bool> = keys.iter().map(|k| seen.insert(k.as_slice())).collect();
+    let first: Vec<bool> = keys.iter().map(|k| seen.insert(k.as_ref())).collect();
     drop(seen);
     keys.into_iter()
         .zip(first)

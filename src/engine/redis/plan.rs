@@ -1,6 +1,7 @@
 //! Which keys move where: [`SourcePlan`] (the moves leaving one source shard, with a
 //! fast hash → move lookup) and [`Side`] (which end of the moves a connection is).
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
 use crate::ring::{RangeMove, key_hash};
@@ -48,7 +49,6 @@ impl Side {
 #[derive(Clone, Debug)]
 pub struct SourcePlan {
     source: i32,
-    moves: Vec<RangeMove>,
     index: MoveIndex,
 }
 
@@ -56,12 +56,9 @@ impl SourcePlan {
     /// The plan of source shard `source`: the moves of `moves` whose source it is
     /// (others, and moves to the same shard, are left out).
     pub fn new(source: i32, moves: &[RangeMove]) -> Self {
-        let moves = Side::Source(source).relevant(moves);
-        let index = MoveIndex::new(&moves);
         Self {
             source,
-            moves,
-            index,
+            index: MoveIndex::new(Side::Source(source).relevant(moves)),
         }
     }
 
@@ -72,22 +69,22 @@ impl SourcePlan {
 
     /// The moves leaving the source.
     pub fn moves(&self) -> &[RangeMove] {
-        &self.moves
+        self.index.moves()
     }
 
     /// Whether nothing leaves the source.
     pub fn is_empty(&self) -> bool {
-        self.moves.is_empty()
+        self.moves().is_empty()
     }
 
     /// The target shards of the moves.
     pub fn targets(&self) -> BTreeSet<i32> {
-        self.moves.iter().map(|m| m.target).collect()
+        self.moves().iter().map(|m| m.target).collect()
     }
 
     /// The move whose range contains `hash`.
     pub fn move_of(&self, hash: u64) -> Option<&RangeMove> {
-        self.index.find(&self.moves, hash).map(|i| &self.moves[i])
+        self.index.find(hash).map(|i| &self.moves()[i])
     }
 
     /// The target shard of `hash` when it is in a move of the plan.
@@ -99,11 +96,51 @@ impl SourcePlan {
     pub fn target_of_key(&self, key: &[u8]) -> Option<i32> {
         self.target_of(key_hash(key))
     }
+
+    /// The lookup of the plan's moves.
+    pub(crate) fn index(&self) -> &MoveIndex {
+        &self.index
+    }
+
+    /// The keys of `keys` that move, each with its target shard (in order).
+    pub(crate) fn moving(&self, keys: impl IntoIterator<Item = Vec<u8>>) -> Vec<MovingKey> {
+        keys.into_iter()
+            .filter_map(|key| {
+                let target = self.target_of_key(&key)?;
+                Some(MovingKey { key, target })
+            })
+            .collect()
+    }
 }
 
-/// Lookup of the move containing a hash among `moves` (the slice it was built from).
+/// A key in a move of a [`SourcePlan`], with the move's target shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MovingKey {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The target shard of its move.
+    pub target: i32,
+}
+
+impl AsRef<[u8]> for MovingKey {
+    fn as_ref(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+/// Positions in `keys` grouped by target shard: one pipeline per target.
+pub(crate) fn by_target(keys: &[MovingKey]) -> BTreeMap<i32, Vec<usize>> {
+    let mut groups: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (i, key) in keys.iter().enumerate() {
+        groups.entry(key.target).or_default().push(i);
+    }
+    groups
+}
+
+/// Moves with a lookup of the move containing a hash.
 #[derive(Clone, Debug)]
 pub(crate) struct MoveIndex {
+    moves: Vec<RangeMove>,
     /// `(end, position)` of the ranges that do not wrap, sorted by end.
     by_end: Vec<(u64, usize)>,
     /// Positions of the ranges that wrap past `u64::MAX` (or cover the circle).
@@ -114,7 +151,7 @@ pub(crate) struct MoveIndex {
 
 impl MoveIndex {
     /// The index of `moves`.
-    pub(crate) fn new(moves: &[RangeMove]) -> Self {
+    pub(crate) fn new(moves: Vec<RangeMove>) -> Self {
         let mut by_end = Vec::new();
         let mut wrapping = Vec::new();
         for (i, m) in moves.iter().enumerate() {
@@ -129,14 +166,21 @@ impl MoveIndex {
             .windows(2)
             .any(|w| moves[w[1].1].range.start < moves[w[0].1].range.end);
         Self {
+            moves,
             by_end,
             wrapping,
             linear,
         }
     }
 
-    /// Position in `moves` of the move containing `hash`.
-    pub(crate) fn find(&self, moves: &[RangeMove], hash: u64) -> Option<usize> {
+    /// The moves, in the order they were given.
+    pub(crate) fn moves(&self) -> &[RangeMove] {
+        &self.moves
+    }
+
+    /// Position in [`MoveIndex::moves`] of the move containing `hash`.
+    pub(crate) fn find(&self, hash: u64) -> Option<usize> {
+        let moves = &self.moves;
         if self.linear {
             return moves.iter().position(|m| m.range.contains(hash));
         }
@@ -151,19 +195,17 @@ impl MoveIndex {
             .copied()
             .find(|&pos| moves[pos].range.contains(hash))
     }
+
+    /// Position of the move containing `key` (after the hash-tag rule).
+    pub(crate) fn find_key(&self, key: &[u8]) -> Option<usize> {
+        self.find(key_hash(key))
+    }
 }
 
 /// The share of the circle covered by `moves` (0 to 1; overlaps counted twice).
 pub(crate) fn coverage(moves: &[RangeMove]) -> f64 {
     const CIRCLE: f64 = 18_446_744_073_709_551_616.0; // 2^64
-    moves
-        .iter()
-        .map(|m| {
-            let width = m.range.end.wrapping_sub(m.range.start);
-            if width == 0 { CIRCLE } else { width as f64 }
-        })
-        .sum::<f64>()
-        / CIRCLE
+    moves.iter().map(|m| m.range.size() as f64).sum::<f64>() / CIRCLE
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use super::copy::{check_targets, target_conn};
 use super::dirty::{dirty_count, dirty_members, mirror};
 use super::error::{Result, printable_key};
 use super::keys::{self, fingerprint};
-use super::plan::{MoveIndex, Side, SourcePlan, coverage};
+use super::plan::{MoveIndex, MovingKey, Side, SourcePlan, by_target, coverage};
 use crate::api::shard_migration::VerificationMode;
 use crate::ring::{HashRange, RangeMove, format_hash};
 
@@ -78,10 +78,10 @@ pub async fn count_in_moves(
     side: Side,
     batch: usize,
 ) -> Result<BTreeMap<(i32, i32), u64>> {
-    let relevant = side.relevant(moves);
-    let per_move = count_per_move(conn, &relevant, batch).await?;
+    let index = MoveIndex::new(side.relevant(moves));
+    let per_move = count_per_move(conn, &index, batch).await?;
     let mut counts = BTreeMap::new();
-    for (m, n) in relevant.iter().zip(per_move) {
+    for (m, n) in index.moves().iter().zip(per_move) {
         *counts.entry((m.source, m.target)).or_insert(0) += n;
     }
     Ok(counts)
@@ -131,7 +131,7 @@ pub async fn verify(
             check.scan_target_extras(target).await?;
         }
         let conn = target_conn(check.targets, plan, target)?;
-        let on_target = count_per_move(conn, plan.moves(), options.batch).await?;
+        let on_target = count_per_move(conn, plan.index(), options.batch).await?;
         for (count, n) in counts.iter_mut().zip(on_target) {
             if count.target == target {
                 count.target_keys = n;
@@ -164,20 +164,22 @@ impl Check<'_> {
     /// keys the mode selects, batch by batch.
     async fn scan_source(&mut self) -> Result<Vec<u64>> {
         let modulus = self.sample_modulus().await?;
-        let index = MoveIndex::new(self.plan.moves());
-        let mut counter = Counter::new(self.plan.moves().len());
+        let plan = self.plan;
+        let moves = plan.moves();
+        let mut counter = Counter::new(moves.len());
         let mut cursor = 0;
         loop {
             let (next, keys) = keys::scan(self.source, cursor, self.options.batch).await?;
             let mut selected = Vec::new();
             for key in keys {
-                let Some(i) = index.find(self.plan.moves(), crate::ring::key_hash(&key)) else {
+                let Some(i) = plan.index().find_key(&key) else {
                     continue;
                 };
                 let print = fingerprint(&key);
                 counter.add(i, print);
                 if modulus.is_some_and(|k| (print as u64).is_multiple_of(k)) {
-                    selected.push(key);
+                    let target = moves[i].target;
+                    selected.push(MovingKey { key, target });
                 }
             }
             self.check_values(keys::dedup(selected)).await?;
@@ -192,25 +194,25 @@ impl Check<'_> {
     /// treats them like any differing key (in flux, or deleted and compared again), so
     /// that the counts taken afterwards are not off by keys only the target has.
     async fn scan_target_extras(&mut self, target: i32) -> Result<()> {
-        let moves = self.plan.moves();
-        let index = MoveIndex::new(moves);
+        let plan = self.plan;
+        let index = plan.index();
         let mut cursor = 0;
         loop {
-            let conn = target_conn(self.targets, self.plan, target)?;
+            let conn = target_conn(self.targets, plan, target)?;
             let (next, keys) = keys::scan(conn, cursor, self.options.batch).await?;
             let ours: Vec<Vec<u8>> = keys::dedup(keys)
                 .into_iter()
                 .filter(|k| {
                     index
-                        .find(moves, crate::ring::key_hash(k))
-                        .is_some_and(|i| moves[i].target == target)
+                        .find_key(k)
+                        .is_some_and(|i| index.moves()[i].target == target)
                 })
                 .collect();
             let on_source = keys::exist(self.source, &ours).await?;
-            let extras: Vec<Vec<u8>> = ours
+            let extras: Vec<MovingKey> = ours
                 .into_iter()
                 .zip(on_source)
-                .filter_map(|(key, exists)| (!exists).then_some(key))
+                .filter_map(|(key, exists)| (!exists).then_some(MovingKey { key, target }))
                 .collect();
             self.check_values(extras).await?;
             if next == 0 {
@@ -240,9 +242,9 @@ impl Check<'_> {
         }
     }
 
-    /// Compares `keys` (in moves); re-copies the ones that differ and are not in
-    /// flux, then compares those again.
-    async fn check_values(&mut self, keys: Vec<Vec<u8>>) -> Result<()> {
+    /// Compares `keys` (distinct, in moves); re-copies the ones that differ and are
+    /// not in flux, then compares those again.
+    async fn check_values(&mut self, keys: Vec<MovingKey>) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -252,7 +254,7 @@ impl Check<'_> {
         if differing.is_empty() {
             return Ok(());
         }
-        let keys: Vec<Vec<u8>> = differing.into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<MovingKey> = differing.into_iter().map(|(k, _)| k).collect();
         let mirrored = mirror(self.source, self.targets, self.plan, &keys).await?;
         self.outcome.recopied += mirrored.copied + mirrored.deleted;
         let mut failed = Vec::new();
@@ -261,36 +263,33 @@ impl Check<'_> {
             failed.push(failure.key);
         }
         self.outcome.mismatches += failed.len() as u64;
-        let again: Vec<Vec<u8>> = keys.into_iter().filter(|k| !failed.contains(k)).collect();
+        let again: Vec<MovingKey> = keys
+            .into_iter()
+            .filter(|k| !failed.contains(&k.key))
+            .collect();
         let still = self.differing(&again).await?;
         let still = self.settled(still).await?;
         self.outcome.mismatches += still.len() as u64;
         for (key, how) in still {
-            self.note(&key, &format!("{how:?} after a re-copy"));
+            self.note(&key.key, &format!("{how:?} after a re-copy"));
         }
         Ok(())
     }
 
     /// The keys of `keys` whose copy differs, and how.
-    async fn differing(&mut self, keys: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Comparison)>> {
+    async fn differing(&mut self, keys: &[MovingKey]) -> Result<Vec<(MovingKey, Comparison)>> {
         let sources = keys::read(self.source, keys).await?;
-        let mut owners: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-        for (i, key) in keys.iter().enumerate() {
-            if let Some(target) = self.plan.target_of_key(key) {
-                owners.entry(target).or_default().push(i);
-            }
-        }
         let mut differing = Vec::new();
-        for (target, positions) in owners {
+        for (target, positions) in by_target(keys) {
             let conn = target_conn(self.targets, self.plan, target)?;
-            let group: Vec<Vec<u8>> = positions.iter().map(|&i| keys[i].clone()).collect();
+            let group: Vec<&[u8]> = positions.iter().map(|&i| keys[i].as_ref()).collect();
             let copies = keys::read(conn, &group).await?;
             let mut undecided = Vec::new();
             for (&i, copy) in positions.iter().zip(&copies) {
                 match compare_states(&sources[i], copy) {
                     Some(Comparison::Equal) => {}
                     Some(how) => differing.push((keys[i].clone(), how)),
-                    None => undecided.push(keys[i].clone()),
+                    None => undecided.push(&keys[i]),
                 }
             }
             if undecided.is_empty() {
@@ -301,7 +300,7 @@ impl Check<'_> {
             for ((key, a), b) in undecided.into_iter().zip(&on_source).zip(&on_target) {
                 let how = compare_contents(a, b);
                 if !how.is_equal() {
-                    differing.push((key, how));
+                    differing.push((key.clone(), how));
                 }
             }
         }
@@ -311,12 +310,12 @@ impl Check<'_> {
     /// `differing` without the keys in flux (in the dirty set, when not strict).
     async fn settled(
         &mut self,
-        differing: Vec<(Vec<u8>, Comparison)>,
-    ) -> Result<Vec<(Vec<u8>, Comparison)>> {
+        differing: Vec<(MovingKey, Comparison)>,
+    ) -> Result<Vec<(MovingKey, Comparison)>> {
         if self.options.strict || differing.is_empty() {
             return Ok(differing);
         }
-        let keys: Vec<Vec<u8>> = differing.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<&[u8]> = differing.iter().map(|(k, _)| k.as_ref()).collect();
         let dirty = dirty_members(self.source_db1, self.migration, &keys).await?;
         let mut settled = Vec::new();
         for (entry, in_flux) in differing.into_iter().zip(dirty) {
@@ -405,15 +404,14 @@ fn describe(c: &MoveCount) -> String {
     )
 }
 
-/// Keys of database 0 of `conn` per move of `moves` (same order), each key once.
-async fn count_per_move(conn: &mut Conn, moves: &[RangeMove], batch: usize) -> Result<Vec<u64>> {
-    let index = MoveIndex::new(moves);
-    let mut counter = Counter::new(moves.len());
+/// Keys of database 0 of `conn` per move of `index` (same order), each key once.
+async fn count_per_move(conn: &mut Conn, index: &MoveIndex, batch: usize) -> Result<Vec<u64>> {
+    let mut counter = Counter::new(index.moves().len());
     let mut cursor = 0;
     loop {
         let (next, keys) = keys::scan(conn, cursor, batch).await?;
         for key in keys {
-            if let Some(i) = index.find(moves, crate::ring::key_hash(&key)) {
+            if let Some(i) = index.find_key(&key) {
                 counter.add(i, fingerprint(&key));
             }
         }

@@ -33,6 +33,16 @@ pub struct ProbeInfo {
     pub version: String,
 }
 
+/// What `GET /status` learns from the running server over one connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerView {
+    /// What the probe learnt.
+    pub info: ProbeInfo,
+    /// What the server is now and its replication; `None` when the server answered
+    /// the probe but not this.
+    pub role_and_report: Option<(Role, ReplicationReport)>,
+}
+
 /// One step of stopping a server: send `signal`, then wait `wait` (`None`:
 /// for as long as it takes) before the next step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,17 +184,14 @@ impl Engine {
         }
     }
 
-    /// What the running server is now and its replication (one round trip),
-    /// within the probe deadline.
-    pub async fn role_and_report(&self) -> Result<(Role, ReplicationReport), ProbeError> {
-        let deadline = self.probe_deadline();
-        let answer = match self {
-            Self::Postgres(pg) => futures::future::Either::Left(pg.role_and_report()),
-            Self::Redis(r) => futures::future::Either::Right(r.role_and_report()),
-        };
-        tokio::time::timeout(deadline, answer)
-            .await
-            .map_err(|_| ProbeError::Timeout(deadline))?
+    /// Probes the running server and reads what it is now and its replication, over
+    /// one connection (`GET /status`): each step within the probe deadline. The role
+    /// and report are `None` when only the probe succeeded.
+    pub async fn probe_and_report(&self) -> Result<ServerView, ProbeError> {
+        match self {
+            Self::Postgres(pg) => pg.probe_and_report().await,
+            Self::Redis(r) => r.probe_and_report().await,
+        }
     }
 
     /// Whether `upstream` answers as a primary (PostgreSQL; Redis: always `false`, a
@@ -198,20 +205,9 @@ impl Engine {
 
     /// Replication as the running server sees it, within the probe deadline.
     pub async fn replication_report(&self) -> Result<ReplicationReport, ProbeError> {
-        let deadline = self.probe_deadline();
-        let report = match self {
-            Self::Postgres(pg) => futures::future::Either::Left(pg.replication_report()),
-            Self::Redis(r) => futures::future::Either::Right(r.replication_report()),
-        };
-        tokio::time::timeout(deadline, report)
-            .await
-            .map_err(|_| ProbeError::Timeout(deadline))?
-    }
-
-    fn probe_deadline(&self) -> Duration {
         match self {
-            Self::Postgres(pg) => pg.probe_timeout(),
-            Self::Redis(r) => r.probe_timeout(),
+            Self::Postgres(pg) => within(pg.probe_timeout(), pg.replication_report()).await,
+            Self::Redis(r) => within(r.probe_timeout(), r.replication_report()).await,
         }
     }
 
@@ -244,17 +240,21 @@ impl Engine {
     /// Connects with the credentials and runs a trivial command, within the
     /// probe deadline.
     pub async fn probe(&self) -> Result<ProbeInfo, ProbeError> {
-        let (deadline, probe) = match self {
-            Self::Postgres(pg) => (
-                pg.probe_timeout(),
-                futures::future::Either::Left(pg.probe()),
-            ),
-            Self::Redis(r) => (r.probe_timeout(), futures::future::Either::Right(r.probe())),
-        };
-        tokio::time::timeout(deadline, probe)
-            .await
-            .map_err(|_| ProbeError::Timeout(deadline))?
+        match self {
+            Self::Postgres(pg) => within(pg.probe_timeout(), pg.probe()).await,
+            Self::Redis(r) => within(r.probe_timeout(), r.probe()).await,
+        }
     }
+}
+
+/// `work`, or [`ProbeError::Timeout`] when it takes longer than `deadline`.
+async fn within<T>(
+    deadline: Duration,
+    work: impl Future<Output = Result<T, ProbeError>>,
+) -> Result<T, ProbeError> {
+    tokio::time::timeout(deadline, work)
+        .await
+        .map_err(|_| ProbeError::Timeout(deadline))?
 }
 
 /// Keeps the agent's secrets out of a child's environment.

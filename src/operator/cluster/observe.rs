@@ -81,7 +81,7 @@ async fn migrations(ctx: &Context, namespace: &str, cluster: &str) -> Result<Vec
 
 /// The cluster's Shards; a Shard that cannot be read is logged and skipped (its own
 /// controller reports it).
-async fn shards(
+pub async fn shards(
     ctx: &Context,
     namespace: &str,
     cluster: &str,

@@ -183,8 +183,7 @@ async fn wait(
     if before.as_deref() != Some(reason) {
         tracing::info!(reason, %message, "migration waiting");
         let reference = migration.object_ref(&());
-        ctx.normal(&reference, reason, "Wait", event_note(message))
-            .await;
+        ctx.normal(&reference, reason, "Wait", message).await;
     }
     Ok(Action::requeue(WAIT))
 }
@@ -229,7 +228,7 @@ async fn wait_after_failure(
     );
     write(ctx, migration, &status).await?;
     let reference = migration.object_ref(&());
-    ctx.warning(&reference, "StepFailed", "Migrate", event_note(message))
+    ctx.warning(&reference, "StepFailed", "Migrate", message)
         .await;
     Ok(())
 }
@@ -245,8 +244,7 @@ async fn execute(
 ) -> std::result::Result<(), work::WorkError> {
     match *work {
         Work::CopyBatch { source } => {
-            let checkpoint = status.checkpoints.iter().find(|c| c.shard == source);
-            let cursor = checkpoint.and_then(|c| c.cursor.parse().ok()).unwrap_or(0);
+            let cursor = status::cursor(status, source);
             let count_first = cursor == 0
                 && status
                     .moves
@@ -287,36 +285,18 @@ async fn execute(
             } else {
                 let reference = migration.object_ref(&());
                 let note = format!("verification failed, re-checking: {}", result.message);
-                ctx.warning(&reference, "VerificationFailed", "Verify", event_note(note))
+                ctx.warning(&reference, "VerificationFailed", "Verify", note)
                     .await;
             }
         }
         Work::DeleteBatch { shard, from_source } => {
-            let checkpoint = status.checkpoints.iter().find(|c| c.shard == shard);
-            let cursor = checkpoint.and_then(|c| c.cursor.parse().ok()).unwrap_or(0);
+            let cursor = status::cursor(status, shard);
             let (next, _deleted) =
                 work::delete_batch(shards, migration, moves, shard, from_source, cursor).await?;
             status::deleted(status, shard, next);
         }
     }
     Ok(())
-}
-
-/// Longest Event note the API server accepts.
-const EVENT_NOTE_MAX: usize = 1024;
-
-/// `note` cut to what an Event may hold (a verification's message names every source
-/// and can be longer; the whole text is in the migration's status).
-fn event_note(note: String) -> String {
-    if note.len() <= EVENT_NOTE_MAX {
-        return note;
-    }
-    let suffix = " … (see the ShardMigration's status)";
-    let mut end = EVENT_NOTE_MAX - suffix.len();
-    while !note.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{suffix}", &note[..end])
 }
 
 /// An Event for each phase change (Warning for a rollback or a copy started over).
@@ -329,16 +309,15 @@ async fn announce(ctx: &Context, migration: &ShardMigration, from: &str, t: &sag
     let note = format!("{to}: {}", t.note);
     let restart = t.restart;
     if t.phase == saga::phase::ROLLING_BACK && from != saga::phase::ROLLING_BACK {
-        ctx.warning(&reference, "RollingBack", "Migrate", event_note(note))
+        ctx.warning(&reference, "RollingBack", "Migrate", note)
             .await;
     } else if restart {
         // a reason of its own: Events of one reason are folded into one series that
         // keeps the first note
-        ctx.warning(&reference, "PassRestarted", "Migrate", event_note(note))
+        ctx.warning(&reference, "PassRestarted", "Migrate", note)
             .await;
     } else {
-        ctx.normal(&reference, t.phase, "Migrate", event_note(note))
-            .await;
+        ctx.normal(&reference, t.phase, "Migrate", note).await;
     }
 }
 
@@ -368,18 +347,4 @@ async fn write(
         .await
         .map(drop)
         .map_err(super::error::api("status", "ShardMigration", name))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{EVENT_NOTE_MAX, event_note};
-
-    #[test]
-    fn event_notes_fit_the_api_limit() {
-        assert_eq!(event_note("short".to_owned()), "short");
-        let long = "é".repeat(EVENT_NOTE_MAX);
-        let cut = event_note(long);
-        assert!(cut.len() <= EVENT_NOTE_MAX, "{}", cut.len());
-        assert!(cut.ends_with("(see the ShardMigration's status)"));
-    }
 }

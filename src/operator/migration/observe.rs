@@ -7,21 +7,20 @@ use std::time::Duration;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DynamicObject, ListParams};
+use kube::api::DynamicObject;
 use kube::{Api, ResourceExt};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::saga::{self, Observation, RoutingView};
 use crate::api::routing::RoutingTable;
 use crate::api::{Shard, ShardMigration, ShardedCluster};
+use crate::operator::cluster::observe as cluster_observe;
 use crate::operator::cluster::status::shard_ready;
 use crate::operator::context::Context;
 use crate::operator::error::{self, Result};
-use crate::operator::kubeapi::{self, cluster_resource, shard_resource};
+use crate::operator::kubeapi::{self, cluster_resource};
 use crate::operator::names::{self, ROUTER_HTTP_PORT, ROUTING_KEY, secret_key};
-use crate::operator::shard::agent::split_response;
+use crate::operator::shard::agent::{http_exchange, split_response};
 
 /// Deadline of one router `/status` request.
 const ROUTER_DEADLINE: Duration = Duration::from_secs(2);
@@ -54,17 +53,19 @@ pub async fn observe(ctx: &Context, migration: &ShardMigration) -> Result<Option
         return Ok(None);
     };
     let cluster: ShardedCluster = kubeapi::parse(&obj)?;
-    let shards = shards(ctx, &namespace, name).await?;
+    let selector = names::cluster_selector(name);
+    let shards = cluster_observe::shards(ctx, &namespace, name, &selector).await?;
     let table = routing_table(ctx, &namespace, name).await?;
     let credentials = credentials(ctx, &namespace, name).await?;
     let routing = match &table {
         Some(table) => Some(routing_view(ctx, &namespace, name, migration, table).await?),
         None => None,
     };
+    let involved = saga::involved(migration);
     let observation = Observation {
-        shards: shards_health(migration, name, &shards),
+        shards: shards_health(&involved, name, &shards),
         routing,
-        last_primary_change: last_primary_change(migration, name, &shards),
+        last_primary_change: last_primary_change(&involved, name, &shards),
     };
     Ok(Some(Observed {
         cluster,
@@ -74,35 +75,15 @@ pub async fn observe(ctx: &Context, migration: &ShardMigration) -> Result<Option
     }))
 }
 
-async fn shards(ctx: &Context, namespace: &str, cluster: &str) -> Result<Vec<Shard>> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), namespace, &shard_resource());
-    let selector = names::cluster_selector(cluster);
-    let list = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(error::api("list", "Shard", selector))?;
-    Ok(list
-        .items
-        .iter()
-        .filter_map(|obj| kubeapi::parse::<Shard>(obj).ok())
-        .filter(|s| s.spec.cluster == cluster)
-        .collect())
-}
-
-/// `Err(why)` when a shard of the migration is missing, not Ready, or changing its
-/// primary.
+/// `Err(why)` when a shard of the migration (`involved`) is missing, not Ready, or
+/// changing its primary.
 pub fn shards_health(
-    migration: &ShardMigration,
+    involved: &[i32],
     cluster: &str,
     shards: &[Shard],
 ) -> std::result::Result<(), String> {
     let by_name: BTreeMap<String, &Shard> = shards.iter().map(|s| (s.name_any(), s)).collect();
-    let mut involved = saga::sources(migration);
-    involved.extend(saga::targets(migration));
-    involved.sort_unstable();
-    involved.dedup();
-    for index in involved {
+    for &index in involved {
         let name = names::shard_name(cluster, index);
         let Some(shard) = by_name.get(&name) else {
             return Err(format!("Shard {name} does not exist"));
@@ -121,17 +102,15 @@ pub fn shards_health(
     Ok(())
 }
 
-/// The latest completed change of primary of a source or target shard.
+/// The latest completed change of primary of a shard of the migration (`involved`).
 pub fn last_primary_change(
-    migration: &ShardMigration,
+    involved: &[i32],
     cluster: &str,
     shards: &[Shard],
 ) -> Option<(String, Time)> {
-    let mut involved = saga::sources(migration);
-    involved.extend(saga::targets(migration));
     let names: Vec<String> = involved
-        .into_iter()
-        .map(|index| names::shard_name(cluster, index))
+        .iter()
+        .map(|&index| names::shard_name(cluster, index))
         .collect();
     shards
         .iter()
@@ -186,13 +165,19 @@ async fn routing_view(
     migration: &ShardMigration,
     table: &RoutingTable,
 ) -> Result<RoutingView> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let pods = kubeapi::list(&api, &names::router_selector(cluster)).await?;
-    let applied = router_versions(&pods).await;
-    let lagging_routers = applied
-        .into_iter()
-        .filter(|(_, version)| version.is_none_or(|v| v < table.version))
-        .collect();
+    let lagging_routers = if migration.status.as_ref().is_some_and(saga::awaits_barrier) {
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+        let pods = kubeapi::list(&api, &names::router_selector(cluster)).await?;
+        let applied = router_versions(&pods).await;
+        Some(
+            applied
+                .into_iter()
+                .filter(|(_, version)| version.is_none_or(|v| v < table.version))
+                .collect(),
+        )
+    } else {
+        None
+    };
     let name = migration.name_any();
     Ok(RoutingView {
         version: table.version,
@@ -234,16 +219,8 @@ struct RouterStatus {
 async fn applied_version(ip: &str) -> Option<i64> {
     let port = u16::try_from(ROUTER_HTTP_PORT).ok()?;
     let request = format!("GET /status HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n");
-    let work = async {
-        let mut stream = TcpStream::connect((ip, port)).await?;
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.take(64 * 1024).read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(response)
-    };
-    let response = tokio::time::timeout(ROUTER_DEADLINE, work)
+    let response = http_exchange(ip, port, &request, ROUTER_DEADLINE)
         .await
-        .ok()?
         .ok()?;
     let (code, body) = split_response(&response).ok()?;
     if code != 200 {

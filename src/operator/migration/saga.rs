@@ -60,8 +60,10 @@ pub struct RoutingView {
     pub ring_version: Option<i64>,
     /// This migration's phase in the published table, if listed.
     pub phase: Option<RoutingPhase>,
-    /// Routers that have not applied `version` yet: `(pod, applied version)`.
-    pub lagging_routers: Vec<(String, Option<i64>)>,
+    /// Routers that have not applied `version` yet: `(pod, applied version)`;
+    /// `None` when they were not asked (the step waits on no barrier, see
+    /// [`awaits_barrier`]).
+    pub lagging_routers: Option<Vec<(String, Option<i64>)>>,
 }
 
 /// What the controller observed before deciding.
@@ -155,21 +157,26 @@ pub fn decide(migration: &ShardMigration, obs: &Observation) -> Decision {
     }
 }
 
+/// Every shard a migration's moves leave or reach, sorted.
+pub fn involved(migration: &ShardMigration) -> Vec<i32> {
+    shards_of(migration, |m| [m.source, m.target])
+}
+
 /// The source shards of a migration's moves, sorted.
 pub fn sources(migration: &ShardMigration) -> Vec<i32> {
-    shards_of(migration, |m| m.source)
+    shards_of(migration, |m| [m.source])
 }
 
 /// The target shards of a migration's moves, sorted.
 pub fn targets(migration: &ShardMigration) -> Vec<i32> {
-    shards_of(migration, |m| m.target)
+    shards_of(migration, |m| [m.target])
 }
 
-fn shards_of(
+fn shards_of<const N: usize>(
     migration: &ShardMigration,
-    pick: impl Fn(&crate::ring::RangeMove) -> i32,
+    pick: impl Fn(&crate::ring::RangeMove) -> [i32; N],
 ) -> Vec<i32> {
-    let mut shards: Vec<i32> = moves(migration).iter().map(pick).collect();
+    let mut shards: Vec<i32> = moves(migration).iter().flat_map(pick).collect();
     shards.sort_unstable();
     shards.dedup();
     shards
@@ -190,6 +197,19 @@ pub fn routing_phase(routing: Option<MigrationRouting>) -> Option<RoutingPhase> 
         MigrationRouting::SwitchReads => Some(RoutingPhase::SwitchReads),
         MigrationRouting::Frozen => Some(RoutingPhase::Frozen),
         MigrationRouting::Committed => None,
+    }
+}
+
+/// Whether the next step of a migration in `status` waits for every router to
+/// apply the routing table (a barrier): only then are the routers asked for their
+/// versions, not on every batch of a copy.
+pub fn awaits_barrier(status: &ShardMigrationStatus) -> bool {
+    let step = status.step.as_deref();
+    match status.phase.as_deref().unwrap_or(phase::PENDING) {
+        phase::PREPARING | phase::SWITCH_READS => true,
+        phase::SWITCH_WRITES => step != Some(step::DRAINING),
+        phase::ROLLING_BACK => step != Some(step::DELETING_COPIES),
+        _ => false,
     }
 }
 
@@ -222,9 +242,14 @@ pub fn routing_settled(
             format!("waiting for the routing table to show {wanted} for this migration"),
         ));
     }
-    if !view.lagging_routers.is_empty() {
-        let lagging: Vec<String> = view
-            .lagging_routers
+    let Some(lagging) = &view.lagging_routers else {
+        return Err((
+            "WaitingForRouters",
+            "the routers' versions were not read".to_owned(),
+        ));
+    };
+    if !lagging.is_empty() {
+        let lagging: Vec<String> = lagging
             .iter()
             .map(|(pod, applied)| match applied {
                 Some(v) => format!("{pod} (at {v})"),

@@ -47,7 +47,7 @@ fn healthy(phase: Option<RoutingPhase>, ring_version: i64) -> Observation {
             version: 7,
             ring_version: Some(ring_version),
             phase,
-            lagging_routers: Vec::new(),
+            lagging_routers: Some(Vec::new()),
         }),
         last_primary_change: None,
     }
@@ -97,7 +97,7 @@ fn preparing_waits_for_the_table_and_every_router() {
         Decision::Wait("WaitingForRouting", _)
     ));
     let mut lagging = healthy(Some(RoutingPhase::DualWrite), 1);
-    lagging.routing.as_mut().unwrap().lagging_routers = vec![("c-router-x".into(), Some(6))];
+    lagging.routing.as_mut().unwrap().lagging_routers = Some(vec![("c-router-x".into(), Some(6))]);
     match decide(&m, &lagging) {
         Decision::Wait("WaitingForRouters", message) => {
             assert!(message.contains("c-router-x (at 6)"), "{message}");
@@ -426,5 +426,58 @@ fn rollback_after_the_switch_is_refused() {
             assert!(message.contains("change the ShardedCluster"), "{message}");
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn routers_are_asked_only_where_a_barrier_is_awaited() {
+    let steps: &[(&str, Option<&str>, Option<MigrationRouting>)] = &[
+        (phase::PENDING, None, None),
+        (phase::PREPARING, None, Some(MigrationRouting::DualWrite)),
+        (phase::BACKFILL, None, Some(MigrationRouting::DualWrite)),
+        (phase::VERIFY, None, Some(MigrationRouting::DualWrite)),
+        (
+            phase::SWITCH_READS,
+            None,
+            Some(MigrationRouting::SwitchReads),
+        ),
+        (
+            phase::SWITCH_WRITES,
+            Some(step::FREEZING),
+            Some(MigrationRouting::Frozen),
+        ),
+        (
+            phase::SWITCH_WRITES,
+            Some(step::DRAINING),
+            Some(MigrationRouting::Frozen),
+        ),
+        (
+            phase::SWITCH_WRITES,
+            Some(step::COMMITTING),
+            Some(MigrationRouting::Committed),
+        ),
+        (phase::CLEANUP, None, Some(MigrationRouting::Committed)),
+        (phase::ROLLING_BACK, Some(step::UNPUBLISHING), None),
+        (phase::ROLLING_BACK, Some(step::DELETING_COPIES), None),
+    ];
+    for &(phase, step, routing) in steps {
+        let m = migration(phase, step, routing);
+        let shown = super::saga::routing_phase(routing);
+        let ring = if routing == Some(MigrationRouting::Committed) {
+            2
+        } else {
+            1
+        };
+        let mut asked = healthy(shown, ring);
+        let mut not_asked = asked.clone();
+        not_asked.routing.as_mut().unwrap().lagging_routers = None;
+        asked.routing.as_mut().unwrap().lagging_routers = Some(vec![("r".into(), Some(1))]);
+        let awaits = super::saga::awaits_barrier(m.status.as_ref().unwrap());
+        let differs = decide(&m, &asked) != decide(&m, &not_asked)
+            || decide(&m, &healthy(shown, ring)) != decide(&m, &not_asked);
+        assert_eq!(
+            awaits, differs,
+            "{phase} {step:?}: the decision depends on the routers exactly when a barrier is awaited"
+        );
     }
 }

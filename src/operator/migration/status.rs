@@ -124,6 +124,16 @@ pub fn deleted(status: &mut ShardMigrationStatus, shard: i32, next_cursor: u64) 
     status.progress = Some(progress(status));
 }
 
+/// The checkpointed cursor of `shard`'s pass (0: from the start).
+pub fn cursor(status: &ShardMigrationStatus, shard: i32) -> u64 {
+    status
+        .checkpoints
+        .iter()
+        .find(|c| c.shard == shard)
+        .and_then(|c| c.cursor.parse().ok())
+        .unwrap_or(0)
+}
+
 fn set_checkpoint(status: &mut ShardMigrationStatus, shard: i32, next_cursor: u64) {
     if let Some(c) = status.checkpoints.iter_mut().find(|c| c.shard == shard) {
         *c = Checkpoint {

@@ -117,9 +117,20 @@ fn request(method: &str, path: &str, ip: &str, token: &str, body: Option<&str>) 
     head
 }
 
-/// Sends `request` and reads the whole response, within [`DEADLINE`].
+/// Sends `request` to the agent and reads the whole response, within [`DEADLINE`].
 async fn exchange(ip: &str, request: &str) -> Result<Vec<u8>, AgentError> {
     let port = u16::try_from(AGENT_PORT).unwrap_or(8000);
+    http_exchange(ip, port, request, DEADLINE).await
+}
+
+/// Sends a raw HTTP/1.0 `request` to `ip:port` and reads the response until the
+/// server closes the connection (at most 256 KiB), within `deadline`.
+pub async fn http_exchange(
+    ip: &str,
+    port: u16,
+    request: &str,
+    deadline: std::time::Duration,
+) -> Result<Vec<u8>, AgentError> {
     let work = async {
         let mut stream = TcpStream::connect((ip, port)).await?;
         stream.write_all(request.as_bytes()).await?;
@@ -127,7 +138,7 @@ async fn exchange(ip: &str, request: &str) -> Result<Vec<u8>, AgentError> {
         stream.take(MAX_RESPONSE).read_to_end(&mut response).await?;
         Ok::<_, AgentError>(response)
     };
-    tokio::time::timeout(DEADLINE, work)
+    tokio::time::timeout(deadline, work)
         .await
         .map_err(|_| AgentError::Timeout)?
 }

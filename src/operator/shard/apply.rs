@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use kube::{Api, ResourceExt};
 
 use super::plan::{Observed, Plan, Relabel, requested_storage};
@@ -12,7 +12,7 @@ use crate::api::Shard;
 use crate::operator::context::Context;
 use crate::operator::error::{self, Result};
 use crate::operator::kubeapi;
-use crate::operator::names::{FIELD_MANAGER, label};
+use crate::operator::names::label;
 
 /// Applies `plan` for `shard`: Services and PVCs first, so new Pods find them.
 pub async fn apply(ctx: &Context, shard: &Shard, observed: &Observed, plan: &Plan) -> Result<()> {
@@ -119,19 +119,15 @@ async fn delete_pvcs(ctx: &Context, shard: &Shard, plan: &Plan) -> Result<()> {
 async fn relabel_pod(api: &Api<Pod>, relabel: &Relabel) -> Result<()> {
     let patch = serde_json::json!({ "metadata": { "labels": relabel.labels } });
     match api
-        .patch(&relabel.pod, &merge_params(), &Patch::Merge(&patch))
+        .patch(
+            &relabel.pod,
+            &kubeapi::merge_params(),
+            &Patch::Merge(&patch),
+        )
         .await
     {
         Ok(_) => Ok(()),
         Err(e) if kubeapi::is_status(&e, 404) => Ok(()),
         Err(e) => Err(error::api("patch", "Pod", relabel.pod.clone())(e)),
-    }
-}
-
-/// Merge-patch parameters with the operator's field manager.
-pub fn merge_params() -> PatchParams {
-    PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
     }
 }

@@ -8,7 +8,6 @@ use kube::api::Patch;
 use kube::{Api, ResourceExt};
 
 use super::agent;
-use super::apply::merge_params;
 use super::replication::{Command, Decision, State, command_annotation};
 use crate::api::Shard;
 use crate::api::shard::ChangeKind;
@@ -26,7 +25,7 @@ pub async fn record(ctx: &Context, shard: &mut Shard, decision: &Decision) -> Re
         Api::namespaced(ctx.client.clone(), &shard.namespace().unwrap_or_default());
     if let Some(primary) = &decision.spec_primary {
         let patch = serde_json::json!({ "spec": { "primary": primary } });
-        api.patch(&name, &merge_params(), &Patch::Merge(&patch))
+        api.patch(&name, &kubeapi::merge_params(), &Patch::Merge(&patch))
             .await
             .map_err(error::api("patch", "Shard", name.clone()))?;
         tracing::info!(%primary, "set spec.primary to the new primary");
@@ -123,7 +122,7 @@ async fn annotate(pods: &Api<Pod>, pod: &str, command: &crate::api::agent::RoleC
         "metadata": { "annotations": { ROLE_COMMAND_ANNOTATION: command_annotation(command) } }
     });
     if let Err(error) = pods
-        .patch(pod, &merge_params(), &Patch::Merge(&patch))
+        .patch(pod, &kubeapi::merge_params(), &Patch::Merge(&patch))
         .await
     {
         tracing::debug!(%pod, %error, "annotating the Pod with its role command failed");

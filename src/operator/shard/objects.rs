@@ -404,13 +404,18 @@ fn service_port(name: &str, port: i32) -> ServicePort {
     }
 }
 
-/// The epoch a Pod was created at (its `RINGMASTER_EPOCH`), if it has one.
-pub fn created_epoch(pod: &Pod) -> Option<u64> {
+/// The database container of a Pod.
+pub fn database_container(pod: &Pod) -> Option<&Container> {
     pod.spec
         .as_ref()?
         .containers
         .iter()
-        .find(|c| c.name == DB_CONTAINER)?
+        .find(|c| c.name == DB_CONTAINER)
+}
+
+/// The epoch a Pod was created at (its `RINGMASTER_EPOCH`), if it has one.
+pub fn created_epoch(pod: &Pod) -> Option<u64> {
+    database_container(pod)?
         .env
         .as_ref()?
         .iter()

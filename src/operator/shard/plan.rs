@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use super::objects::{self, DB_CONTAINER, Start, Target};
+use super::objects::{self, Start, Target};
 use super::replication::{Labels, State};
 use crate::api::shard::Role;
 use crate::api::{PvcRetention, Shard};
@@ -208,13 +208,7 @@ fn by_ordinal<T: Clone>(
 
 /// The image of a Pod's database container.
 pub fn database_image(pod: &Pod) -> Option<&str> {
-    pod.spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == DB_CONTAINER)?
-        .image
-        .as_deref()
+    objects::database_container(pod)?.image.as_deref()
 }
 
 /// The storage a PVC requests.

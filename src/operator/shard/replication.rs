@@ -100,6 +100,23 @@ pub fn parse_position(engine: Engine, text: &str) -> Option<u64> {
     }
 }
 
+/// The position of instance `name` in `shard`'s previous status.
+fn recorded_position(shard: &Shard, name: &str) -> Option<u64> {
+    let status = shard.status.as_ref()?;
+    let instance = status.instances.iter().find(|i| i.name == name)?;
+    parse_position(shard.spec.engine, instance.position.as_deref()?)
+}
+
+/// The position of `primary`: what its `agent` reports as a primary now, else what
+/// the previous status recorded.
+pub fn primary_position(shard: &Shard, primary: &str, agent: Option<&AgentStatus>) -> Option<u64> {
+    let now = agent
+        .filter(|a| a.role == Some(Role::Primary))
+        .and_then(|a| a.replication.as_ref())
+        .map(|r| r.position);
+    now.or_else(|| recorded_position(shard, primary))
+}
+
 /// The replication part of a Shard's status.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
@@ -238,6 +255,20 @@ pub struct Labels {
 }
 
 impl Labels {
+    /// The role labels of `state`, streaming labels left as they are: the primary's,
+    /// or while a change is in progress none, with the old primary unlabelled.
+    fn of(state: &State) -> Self {
+        let (primary, unlabelled) = match &state.change {
+            Some(change) => (None, Some(change.from.clone())),
+            None => (Some(state.primary.clone()), None),
+        };
+        Self {
+            primary,
+            unlabelled,
+            streaming: None,
+        }
+    }
+
     /// The role label `pod` should have.
     pub fn role(&self, pod: &str) -> Option<Role> {
         if self.unlabelled.as_deref() == Some(pod) {
@@ -292,22 +323,14 @@ pub struct Decision {
 pub fn decide(inputs: &Inputs<'_>) -> Decision {
     let state = State::of(inputs.shard);
     let mut d = Decision {
-        labels: Labels {
-            primary: Some(state.primary.clone()),
-            unlabelled: None,
-            streaming: None,
-        },
+        labels: Labels::of(&state),
         state,
         ..Decision::default()
     };
     let Some(agents) = inputs.agents else {
-        if let Some(change) = &d.state.change {
-            d.labels.primary = None;
-            d.labels.unlabelled = Some(change.from.clone());
-        }
         return d;
     };
-    let view = View::new(inputs, agents);
+    let view = View::new(inputs, agents, &d.state);
     match d.state.change.clone() {
         Some(change) => advance(&mut d, &view, &change),
         None => steady(&mut d, &view),
@@ -332,10 +355,10 @@ struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    fn new(inputs: &Inputs<'a>, agents: &'a BTreeMap<String, AgentStatus>) -> Self {
+    /// The instances of `state` (the recorded replication state of `inputs.shard`).
+    fn new(inputs: &Inputs<'a>, agents: &'a BTreeMap<String, AgentStatus>, state: &State) -> Self {
         let shard = inputs.shard;
         let name = shard.name_any();
-        let state = State::of(shard);
         let anchor = names::pod_ordinal(&name, state.anchor()).unwrap_or(0);
         let names = desired_ordinals(shard.spec.instances(), anchor)
             .into_iter()
@@ -397,23 +420,6 @@ impl<'a> View<'a> {
         self.agent(name)
             .and_then(|a| a.replication.as_ref())
             .map_or(0, |r| r.replayed.or(r.received).unwrap_or(r.position))
-    }
-
-    /// The primary's position now, else as the previous status recorded it.
-    fn primary_position(&self, primary: &str) -> Option<u64> {
-        let now = self
-            .agent(primary)
-            .filter(|a| a.role == Some(Role::Primary))
-            .and_then(|a| a.replication.as_ref())
-            .map(|r| r.position);
-        now.or_else(|| self.last_known_position(primary))
-    }
-
-    /// The position of `name` in the previous status.
-    fn last_known_position(&self, name: &str) -> Option<u64> {
-        let status = self.shard.status.as_ref()?;
-        let instance = status.instances.iter().find(|i| i.name == name)?;
-        parse_position(self.spec().engine, instance.position.as_deref()?)
     }
 
     /// Whether `name` was ready in the previous status.
@@ -558,7 +564,7 @@ fn choose(v: &View<'_>, primary: &str, exclude: &[String]) -> Result<String, Str
         return Err(format!("no replica can take over ({why})"));
     };
     let failover = &v.spec().failover;
-    if let Some(last) = v.last_known_position(primary) {
+    if let Some(last) = recorded_position(v.shard, primary) {
         let lag = last.saturating_sub(received);
         if lag > v.max_lag() && !failover.allow_data_loss {
             return Err(format!(
@@ -681,10 +687,7 @@ fn switchover_blocker(v: &View<'_>, primary: &str, target: &str) -> Option<Strin
 }
 
 fn lag(v: &View<'_>, primary: &str, replica: &str) -> Option<u64> {
-    Some(
-        v.primary_position(primary)?
-            .saturating_sub(v.received(replica)?),
-    )
+    Some(primary_position(v.shard, primary, v.agent(primary))?.saturating_sub(v.received(replica)?))
 }
 
 /// One step of a rolling update, when every instance is ready.
@@ -1031,10 +1034,11 @@ pub fn command_annotation(command: &RoleCommand) -> String {
 }
 
 fn labels(state: &State, v: &View<'_>) -> Labels {
-    let (primary, unlabelled) = match &state.change {
-        Some(change) => (None, Some(change.from.clone())),
-        None => (Some(state.primary.clone()), None),
-    };
+    let Labels {
+        primary,
+        unlabelled,
+        ..
+    } = Labels::of(state);
     let streaming = v
         .names
         .iter()

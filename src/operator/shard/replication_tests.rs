@@ -12,6 +12,7 @@ use super::replication::{
     Decision, FAILOVER_BLOCKED, Inputs, Labels, SWITCHOVER_BLOCKED, State, command_annotation,
     decide, hold_seconds, parse_duration,
 };
+use super::tests::{replication_of, report};
 use crate::api::agent::{AgentStatus, DesiredRole, ReplicationReport, StopMode};
 use crate::api::shard::{ChangeKind, ChangePhase, InstanceStatus, Role};
 use crate::api::{Shard, ShardStatus, condition};
@@ -34,36 +35,6 @@ fn ip(ordinal: usize) -> String {
     format!("127.20.0.{}", ordinal + 10)
 }
 
-fn agent(name: &str, role: Role, position: u64) -> AgentStatus {
-    let replica = role == Role::Replica;
-    AgentStatus {
-        engine: "redis".into(),
-        role: Some(role),
-        desired_role: if replica {
-            DesiredRole::Replica
-        } else {
-            DesiredRole::Primary
-        },
-        epoch: 0,
-        server_up: true,
-        data_dir_initialised: true,
-        server_version: None,
-        pid: Some(7),
-        started_at: None,
-        pod_name: name.into(),
-        phase: "running".into(),
-        restarts: 0,
-        replication: Some(ReplicationReport {
-            position,
-            received: replica.then_some(position),
-            replayed: replica.then_some(position),
-            streaming: replica,
-            ..ReplicationReport::default()
-        }),
-        last_error: None,
-    }
-}
-
 impl World {
     fn new(replicas: i32) -> World {
         let mut shard: Shard = load("redis-shard.yaml");
@@ -80,7 +51,10 @@ impl World {
             .enumerate()
             .map(|(i, p)| {
                 let role = if i == 0 { Role::Primary } else { Role::Replica };
-                (p.name_any(), agent(&p.name_any(), role, 1000))
+                (
+                    p.name_any(),
+                    report(&p.name_any(), role, 1000, role == Role::Replica),
+                )
             })
             .collect();
         shard.status = Some(ShardStatus {
@@ -168,6 +142,10 @@ impl World {
         self.agents.get_mut(name).unwrap()
     }
 
+    fn replication(&mut self, name: &str) -> &mut ReplicationReport {
+        replication_of(&mut self.agents, name)
+    }
+
     fn wait(&mut self, seconds: i64) {
         self.now += SignedDuration::from_secs(seconds);
     }
@@ -189,7 +167,7 @@ impl World {
     }
 
     fn received(&mut self, name: &str, received: u64, replayed: u64) {
-        let r = self.agent(name).replication.as_mut().unwrap();
+        let r = self.replication(name);
         r.received = Some(received);
         r.replayed = Some(replayed);
         r.position = received;
@@ -643,7 +621,7 @@ fn a_switchover_to_an_unqualified_instance_is_blocked_and_says_why() {
         (
             "cache-0-1",
             |w| {
-                w.agent("cache-0-1").replication.as_mut().unwrap().streaming = false;
+                w.replication("cache-0-1").streaming = false;
             },
             "does not stream",
         ),
@@ -685,20 +663,10 @@ fn a_rolling_update_recreates_replicas_one_at_a_time_then_switches_over() {
         pod.spec.as_mut().unwrap().containers[0].image = Some("redis:7.2".into());
     };
     set_image(&mut world, "cache-0-1");
-    world
-        .agent("cache-0-1")
-        .replication
-        .as_mut()
-        .unwrap()
-        .streaming = false;
+    world.replication("cache-0-1").streaming = false;
     let d = world.step();
     assert!(d.delete_pods.is_empty() && d.state.change.is_none());
-    world
-        .agent("cache-0-1")
-        .replication
-        .as_mut()
-        .unwrap()
-        .streaming = true;
+    world.replication("cache-0-1").streaming = true;
     let d = world.step();
     assert_eq!(d.delete_pods[0].pod, "cache-0-2");
 

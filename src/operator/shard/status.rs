@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::plan::{Plan, failed, pod_ready, restarted, terminating};
-use super::replication::{Decision, format_position, parse_position};
+use super::replication::{Decision, format_position, primary_position};
 use crate::api::agent::AgentStatus;
 use crate::api::shard::{ChangeKind, ChangePhase, InstanceStatus, Role};
 use crate::api::{Shard, ShardStatus, condition};
@@ -88,14 +88,7 @@ fn instances(
     let previous = shard.status.clone().unwrap_or_default();
     let agent = |pod: &str| agents.and_then(|a| a.get(pod));
     let primary = &decision.state.primary;
-    let primary_position = agent(primary)
-        .filter(|a| a.role == Some(Role::Primary))
-        .and_then(|a| a.replication.as_ref())
-        .map(|r| r.position)
-        .or_else(|| {
-            let known = previous.instances.iter().find(|i| &i.name == primary)?;
-            parse_position(engine, known.position.as_deref()?)
-        });
+    let primary_position = primary_position(shard, primary, agent(primary));
     let mut found: Vec<(i32, InstanceStatus)> = pods
         .iter()
         .filter(|p| !terminating(p))
@@ -402,7 +395,7 @@ fn replication_configured(
 /// bytes count as a change: a failover measures data loss against the recorded
 /// primary position.
 pub fn changed_significantly(previous: &ShardStatus, new: &ShardStatus, tolerance: u64) -> bool {
-    if steady(previous) != steady(new) {
+    if previous.steady() != new.steady() {
         return true;
     }
     let position = |s: &ShardStatus, name: &str| {
@@ -418,18 +411,6 @@ pub fn changed_significantly(previous: &ShardStatus, new: &ShardStatus, toleranc
             (a, b) => a != b,
         }
     })
-}
-
-/// `status` without the figures that move all the time.
-fn steady(status: &ShardStatus) -> ShardStatus {
-    let mut s = status.clone();
-    s.max_lag_bytes = None;
-    for i in &mut s.instances {
-        i.position = None;
-        i.lag_bytes = None;
-        i.lag_seconds = None;
-    }
-    s
 }
 
 /// Bytes between two positions as the status writes them (LSN or decimal).

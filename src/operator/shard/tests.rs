@@ -28,10 +28,19 @@ fn postgres_shard() -> Shard {
 }
 
 fn plan_for(shard: &Shard, observed: &Observed) -> Plan {
+    plan_with(shard, observed, None)
+}
+
+/// The plan after deciding with `agents`.
+fn plan_with(
+    shard: &Shard,
+    observed: &Observed,
+    agents: Option<&BTreeMap<String, AgentStatus>>,
+) -> Plan {
     let decision = decide(&Inputs {
         shard,
         pods: &observed.pods,
-        agents: None,
+        agents,
         now: now().0,
     });
     plan(shard, observed, AGENT_IMAGE, &decision.labels).unwrap()
@@ -66,6 +75,14 @@ pub(super) fn report(name: &str, role: Role, position: u64, streaming: bool) -> 
         }),
         last_error: None,
     }
+}
+
+/// The replication report of the agent of `name`.
+pub(super) fn replication_of<'a>(
+    agents: &'a mut BTreeMap<String, AgentStatus>,
+    name: &str,
+) -> &'a mut ReplicationReport {
+    agents.get_mut(name).unwrap().replication.as_mut().unwrap()
 }
 
 /// Every Pod's agent healthy: the first one primary, the others streaming in sync.
@@ -631,13 +648,7 @@ fn all_ready_streaming_shard_is_ready_and_replicating() {
     let shard = redis_shard();
     let observed = existing(&shard, &[0, 1]);
     let mut agents = healthy(&observed);
-    agents
-        .get_mut("cache-0-0")
-        .unwrap()
-        .replication
-        .as_mut()
-        .unwrap()
-        .position = 1500;
+    replication_of(&mut agents, "cache-0-0").position = 1500;
     let status = status_for(&shard, &observed, Some(&agents), &now());
     assert_eq!(status.ready_instances, 2);
     assert_eq!(status.ready.as_deref(), Some("2/2"));
@@ -700,13 +711,7 @@ fn a_replica_that_does_not_stream_is_reported_and_not_labelled() {
     let shard = redis_shard();
     let observed = existing(&shard, &[0, 1]);
     let mut agents = healthy(&observed);
-    agents
-        .get_mut("cache-0-1")
-        .unwrap()
-        .replication
-        .as_mut()
-        .unwrap()
-        .streaming = false;
+    replication_of(&mut agents, "cache-0-1").streaming = false;
     let status = status_for(&shard, &observed, Some(&agents), &now());
     let replication = condition(&status, "ReplicationConfigured");
     assert_eq!(
@@ -723,22 +728,9 @@ fn a_replica_that_does_not_stream_is_reported_and_not_labelled() {
         "ReplicasNotStreaming"
     );
     // Labels: streaming only on replicas that stream.
-    let decision = decide(&Inputs {
-        shard: &shard,
-        pods: &observed.pods,
-        agents: Some(&agents),
-        now: now().0,
-    });
-    let quiet = plan(&shard, &observed, AGENT_IMAGE, &decision.labels).unwrap();
+    let quiet = plan_with(&shard, &observed, Some(&agents));
     assert!(quiet.relabel_pods.is_empty(), "{:?}", quiet.relabel_pods);
-    let streaming = healthy(&observed);
-    let decision = decide(&Inputs {
-        shard: &shard,
-        pods: &observed.pods,
-        agents: Some(&streaming),
-        now: now().0,
-    });
-    let labelled = plan(&shard, &observed, AGENT_IMAGE, &decision.labels).unwrap();
+    let labelled = plan_with(&shard, &observed, Some(&healthy(&observed)));
     assert_eq!(labelled.relabel_pods.len(), 1);
     assert_eq!(labelled.relabel_pods[0].pod, "cache-0-1");
     assert_eq!(
@@ -848,13 +840,7 @@ fn status_is_stable_and_times_move_only_on_transitions() {
     );
 
     let mut lagging = agents.clone();
-    lagging
-        .get_mut("cache-0-1")
-        .unwrap()
-        .replication
-        .as_mut()
-        .unwrap()
-        .streaming = false;
+    replication_of(&mut lagging, "cache-0-1").streaming = false;
     let third = status_for(&shard, &observed, Some(&lagging), &later());
     assert_eq!(
         condition(&third, "ReplicationConfigured").last_transition_time,
@@ -924,13 +910,7 @@ fn drifting_positions_are_not_a_significant_change() {
         "beyond the tolerance"
     );
     let mut not_streaming = drifted.clone();
-    not_streaming
-        .get_mut("cache-0-1")
-        .unwrap()
-        .replication
-        .as_mut()
-        .unwrap()
-        .streaming = false;
+    replication_of(&mut not_streaming, "cache-0-1").streaming = false;
     let third = status_for(&shard, &observed, Some(&not_streaming), &now());
     assert!(changed_significantly(&first, &third, 1024));
 }

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use super::sql::ident;
 use crate::instance::config::Config;
 use crate::instance::error::InstanceError;
 use crate::instance::fsutil;
@@ -66,18 +67,14 @@ pub fn sync_standby_names(desired: &DesiredState) -> String {
     {
         return String::new();
     }
-    let names: Vec<String> = desired
-        .replicas
-        .iter()
-        .map(|n| format!("\"{}\"", n.replace('"', "\"\"")))
-        .collect();
+    let names: Vec<String> = desired.replicas.iter().map(|n| ident(n)).collect();
     format!("ANY 1 ({})", names.join(", "))
 }
 
 /// `primary_conninfo` for following `upstream`: the replication user, the password
 /// from the password file, `application_name` = this instance.
 pub fn primary_conninfo(c: &Config, upstream: &Upstream) -> String {
-    [
+    conninfo(&[
         ("host", upstream.host.clone()),
         ("port", upstream.port.to_string()),
         ("user", c.replication_username.clone()),
@@ -87,16 +84,12 @@ pub fn primary_conninfo(c: &Config, upstream: &Upstream) -> String {
         ),
         ("application_name", c.pod_name.clone()),
         ("connect_timeout", "5".into()),
-    ]
-    .iter()
-    .map(|(k, v)| format!("{k}={}", conninfo_value(v)))
-    .collect::<Vec<_>>()
-    .join(" ")
+    ])
 }
 
 /// A connection string to `upstream` as the superuser (`pg_rewind`).
 pub fn superuser_conninfo(c: &Config, upstream: &Upstream) -> String {
-    [
+    conninfo(&[
         ("host", upstream.host.clone()),
         ("port", upstream.port.to_string()),
         ("user", c.username.clone()),
@@ -106,11 +99,16 @@ pub fn superuser_conninfo(c: &Config, upstream: &Upstream) -> String {
             c.run_dir.join(PASSFILE).to_string_lossy().into(),
         ),
         ("connect_timeout", "5".into()),
-    ]
-    .iter()
-    .map(|(k, v)| format!("{k}={}", conninfo_value(v)))
-    .collect::<Vec<_>>()
-    .join(" ")
+    ])
+}
+
+/// A libpq connection string of `fields`, in order.
+fn conninfo(fields: &[(&str, String)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", conninfo_value(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The password file: the replication user's and the superuser's passwords for
@@ -188,7 +186,7 @@ pub fn render_settings(c: &Config, desired: &DesiredState) -> String {
 /// `pg_hba.conf`: password (SCRAM) authentication everywhere; replication
 /// connections for the replication user only.
 pub fn render_hba(c: &Config) -> String {
-    let user = format!("\"{}\"", c.replication_username.replace('"', "\"\""));
+    let user = ident(&c.replication_username);
     [
         "# Managed by ringmaster: rewritten by the instance agent. Do not edit.".to_string(),
         "# TYPE  DATABASE     USER  ADDRESS    METHOD".into(),

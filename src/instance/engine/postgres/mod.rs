@@ -20,7 +20,7 @@ use nix::sys::signal::Signal;
 
 pub use self::config::{render_hba, render_settings};
 use self::replication::SlotChanges;
-use super::{ProbeInfo, RewindNeed, StopStep, programs, scrub_secrets};
+use super::{ProbeInfo, RewindNeed, ServerView, StopStep, programs, scrub_secrets, within};
 use crate::api::agent::ReplicationReport;
 use crate::instance::config::Config;
 use crate::instance::error::{InstanceError, ProbeError};
@@ -243,17 +243,23 @@ impl Postgres {
 
     /// Connects as the superuser over TCP and runs `SELECT 1`.
     pub async fn probe(&self) -> Result<ProbeInfo, ProbeError> {
-        let s = sql::local(&self.config, self.config.probe_timeout).await?;
-        let row = s
-            .client
-            .query_one("SELECT 1, current_setting('server_version')", &[])
-            .await?;
-        let one: i32 = row.try_get(0)?;
-        if one != 1 {
-            return Err(ProbeError::Unexpected(format!("SELECT 1 returned {one}")));
-        }
-        Ok(ProbeInfo {
-            version: row.try_get(1)?,
+        probe_on(&sql::local(&self.config, self.config.probe_timeout).await?).await
+    }
+
+    /// [`Postgres::probe`], then what the server is and its replication on the same
+    /// connection; each step within the probe deadline.
+    pub async fn probe_and_report(&self) -> Result<ServerView, ProbeError> {
+        let deadline = self.config.probe_timeout;
+        let (s, info) = within(deadline, async {
+            let s = sql::local(&self.config, deadline).await?;
+            let info = probe_on(&s).await?;
+            Ok((s, info))
+        })
+        .await?;
+        let role_and_report = within(deadline, self.role_and_report(&s)).await.ok();
+        Ok(ServerView {
+            info,
+            role_and_report,
         })
     }
 
@@ -286,14 +292,17 @@ impl Postgres {
 
     /// Replication as the running server sees it.
     pub async fn replication_report(&self) -> Result<ReplicationReport, ProbeError> {
-        Ok(self.role_and_report().await?.1)
+        let s = sql::local(&self.config, self.config.probe_timeout).await?;
+        Ok(self.role_and_report(&s).await?.1)
     }
 
-    /// What the running server is — a standby (`pg_is_in_recovery()`) or a primary —
-    /// and its replication, over one connection.
-    pub async fn role_and_report(&self) -> Result<(Role, ReplicationReport), ProbeError> {
-        let s = sql::local(&self.config, self.config.probe_timeout).await?;
-        if replication::in_recovery(&s).await? {
+    /// What the server on `s` is — a standby (`pg_is_in_recovery()`) or a primary —
+    /// and its replication.
+    async fn role_and_report(
+        &self,
+        s: &sql::Session,
+    ) -> Result<(Role, ReplicationReport), ProbeError> {
+        if replication::in_recovery(s).await? {
             let configured = self
                 .upstream
                 .lock()
@@ -302,12 +311,27 @@ impl Postgres {
                 .map(Upstream::address);
             Ok((
                 Role::Replica,
-                replication::standby_report(&s, configured).await?,
+                replication::standby_report(s, configured).await?,
             ))
         } else {
-            Ok((Role::Primary, replication::primary_report(&s).await?))
+            Ok((Role::Primary, replication::primary_report(s).await?))
         }
     }
+}
+
+/// `SELECT 1` and the server's version on `s`.
+async fn probe_on(s: &sql::Session) -> Result<ProbeInfo, ProbeError> {
+    let row = s
+        .client
+        .query_one("SELECT 1, current_setting('server_version')", &[])
+        .await?;
+    let one: i32 = row.try_get(0)?;
+    if one != 1 {
+        return Err(ProbeError::Unexpected(format!("SELECT 1 returned {one}")));
+    }
+    Ok(ProbeInfo {
+        version: row.try_get(1)?,
+    })
 }
 
 /// Removes `standby.signal` and `recovery.signal`.

@@ -20,7 +20,7 @@ use redis::{
 use self::config::{Setting, render, replication_settings, upstream};
 use self::replication::{Info, NO_FAILOVER};
 use super::programs;
-use super::{ProbeInfo, StopStep};
+use super::{ProbeInfo, ServerView, StopStep, within};
 use crate::api::agent::ReplicationReport;
 use crate::instance::config::{Config, Role};
 use crate::instance::error::{InstanceError, ProbeError};
@@ -111,17 +111,29 @@ impl Redis {
 
     /// Authenticates over TCP, `PING`s and reads the version from `INFO server`.
     pub async fn probe(&self) -> Result<ProbeInfo, ProbeError> {
-        let mut con = self.connect().await?;
-        let pong: String = redis::cmd("PING").query_async(&mut con).await?;
-        if pong != "PONG" {
-            return Err(ProbeError::Unexpected(format!("PING answered {pong:?}")));
-        }
-        let server = info(&mut con, "server").await?;
-        let version = server
-            .get("redis_version")
-            .map(|v| v.trim().to_string())
-            .ok_or_else(|| ProbeError::Unexpected("INFO server has no redis_version".into()))?;
-        Ok(ProbeInfo { version })
+        probe_on(&mut self.connect().await?).await
+    }
+
+    /// [`Redis::probe`], then its role and replication from `INFO replication` on the
+    /// same connection; each step within the probe deadline.
+    pub async fn probe_and_report(&self) -> Result<ServerView, ProbeError> {
+        let deadline = self.config.probe_timeout;
+        let (mut con, probed) = within(deadline, async {
+            let mut con = self.connect().await?;
+            let probed = probe_on(&mut con).await?;
+            Ok((con, probed))
+        })
+        .await?;
+        let role_and_report = within(deadline, async {
+            let now = info(&mut con, "replication").await?;
+            Ok((now.role()?, now.report()?))
+        })
+        .await
+        .ok();
+        Ok(ServerView {
+            info: probed,
+            role_and_report,
+        })
     }
 
     /// The role the running server has: `INFO replication` `role`.
@@ -132,12 +144,6 @@ impl Redis {
     /// Replication as the running server sees it (`INFO replication`).
     pub async fn replication_report(&self) -> Result<ReplicationReport, ProbeError> {
         self.replication_info().await?.report()
-    }
-
-    /// The server's role and its replication, from one `INFO replication`.
-    pub async fn role_and_report(&self) -> Result<(Role, ReplicationReport), ProbeError> {
-        let info = self.replication_info().await?;
-        Ok((info.role()?, info.report()?))
     }
 
     /// Makes the running server a primary: `REPLICAOF NO ONE`, then checks that
@@ -416,6 +422,20 @@ impl Redis {
 /// Whether the server described by `now` is a replica of `up`.
 fn follows(now: &Info, up: &Upstream) -> bool {
     now.role().ok() == Some(Role::Replica) && now.upstream() == Some(up.address())
+}
+
+/// `PING`, then the version from `INFO server`.
+async fn probe_on(con: &mut MultiplexedConnection) -> Result<ProbeInfo, ProbeError> {
+    let pong: String = redis::cmd("PING").query_async(con).await?;
+    if pong != "PONG" {
+        return Err(ProbeError::Unexpected(format!("PING answered {pong:?}")));
+    }
+    let server = info(con, "server").await?;
+    let version = server
+        .get("redis_version")
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| ProbeError::Unexpected("INFO server has no redis_version".into()))?;
+    Ok(ProbeInfo { version })
 }
 
 /// `INFO <section>`, parsed.
