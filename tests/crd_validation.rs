@@ -191,6 +191,85 @@ async fn invalid_sharded_clusters_are_rejected_with_clear_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn postgres_major_version_cannot_change_in_place() {
+    let cluster = Cluster::shared();
+    install_crds(cluster).await;
+    let ns = cluster.namespace("crd-versions").await;
+    let api = api(cluster, ns.name(), "ShardedCluster", "shardedclusters").await;
+    let sc = "ShardedCluster";
+    let refused = |majors: &str| {
+        format!(
+            "the PostgreSQL major version cannot change in place ({majors} needs pg_upgrade): set version (or the image tag) back to the previous major"
+        )
+    };
+    let accept = |name: &'static str, spec_patch: Value| {
+        let api = api.clone();
+        async move {
+            let patch = Patch::Merge(json!({ "spec": spec_patch }));
+            api.patch(name, &PatchParams::default(), &patch)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {spec_patch} is refused: {e}"));
+        }
+    };
+
+    // `version`, explicit or the default (15).
+    for (name, spec) in [
+        ("pg-15", json!({ "engine": "postgres", "version": "15" })),
+        ("pg-default", json!({ "engine": "postgres" })),
+    ] {
+        api.create(&PostParams::default(), &object(sc, name, spec))
+            .await
+            .expect("a valid postgres cluster is accepted");
+        assert_says(
+            &rejected_update(&api, name, json!({ "version": "16" })).await,
+            &refused("15 → 16"),
+        );
+    }
+    // A minor version rolls out.
+    accept("pg-15", json!({ "version": "15.8" })).await;
+    accept("pg-default", json!({ "version": "15.8-bookworm" })).await;
+    // Going back a major is refused too.
+    assert_says(
+        &rejected_update(&api, "pg-15", json!({ "version": "14" })).await,
+        &refused("15 → 14"),
+    );
+
+    // `image` overrides `version`: the major is its tag's.
+    let image = json!({ "engine": "postgres", "image": "postgres:15" });
+    api.create(&PostParams::default(), &object(sc, "pg-image", image))
+        .await
+        .expect("a postgres cluster with an image is accepted");
+    assert_says(
+        &rejected_update(&api, "pg-image", json!({ "image": "postgres:16.1" })).await,
+        &refused("15 → 16"),
+    );
+    assert_says(
+        &rejected_update(&api, "pg-image", json!({ "image": null, "version": "17" })).await,
+        &refused("15 → 17"),
+    );
+    accept(
+        "pg-image",
+        json!({ "image": "registry.local:5000/library/postgres:15.8-bookworm" }),
+    )
+    .await;
+    accept("pg-image", json!({ "image": null, "version": "15.9" })).await;
+    // A digest has no version to compare: not checked.
+    accept(
+        "pg-image",
+        json!({ "image": "registry.local:5000/library/postgres@sha256:0123456789abcdef" }),
+    )
+    .await;
+
+    // Redis restarts on any version, major or minor.
+    let redis = json!({ "engine": "redis", "version": "7.0" });
+    api.create(&PostParams::default(), &object(sc, "redis", redis))
+        .await
+        .expect("a valid redis cluster is accepted");
+    accept("redis", json!({ "version": "7.2" })).await;
+    accept("redis", json!({ "version": "8.0" })).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn valid_cluster_gets_defaults_and_kubectl_explains_the_fields() {
     let cluster = Cluster::shared();
     install_crds(cluster).await;

@@ -11,7 +11,8 @@
 
 mod common;
 
-use std::sync::LazyLock;
+use std::collections::BTreeMap;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
@@ -19,9 +20,12 @@ use common::install_crds;
 use common::load::{self, Report, Target, Writer};
 use common::operator::Operator;
 use common::shards::{POLL, ShardUnderTest, signal_all};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use nix::sys::signal::Signal;
 use ringmaster::api::shard::ChangePhase;
 use ringmaster_e2e::{Cluster, wait_for};
+use serde_json::json;
 use tokio::sync::Semaphore;
 
 /// Scenarios at a time: each runs 3 database servers and an operator on 2 cores.
@@ -30,6 +34,8 @@ static SLOTS: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(2));
 const READY: Duration = Duration::from_secs(180);
 const FAILOVER: Duration = Duration::from_secs(90);
 const RESUME: Duration = Duration::from_secs(60);
+/// A rolling update of 3 instances, one at a time, each Ready before the next.
+const ROLL: Duration = Duration::from_secs(240);
 /// Upper bound of writes per writer (the writer also stops after `WRITER_TIME`).
 const MAX_WRITES: u64 = 200_000;
 const WRITER_TIME: Duration = Duration::from_secs(240);
@@ -257,6 +263,80 @@ impl Scenario {
         self.assert_one_primary().await;
     }
 
+    /// A change of resources under load rolls the shard: the replicas are recreated
+    /// one at a time, the primary is switched over (reason `RollingUpdate`) and
+    /// recreated last, never more than one instance is unavailable, and nothing
+    /// acknowledged is lost.
+    async fn rolling_update(&mut self) {
+        let old = self.healthy().await;
+        let before = self.pod_uids().await;
+        let writer = self.writer(50).await;
+        let resources = json!({ "requests": { "cpu": "50m", "memory": "96Mi" } });
+        self.shard
+            .set_resources(resources.clone())
+            .await
+            .unwrap_or_else(|e| self.fail("changing resources", e));
+        let roll = Mutex::new(Roll::default());
+        let result = wait_for("the rolling update", ROLL, POLL, || async {
+            let pods = self.shard.pods().await?;
+            let status = self.shard.shard().await?.status.unwrap_or_default();
+            let mut roll = roll.lock().unwrap();
+            roll.observe(&pods, &before, &resources);
+            let switched = status.last_failover.as_ref().filter(|l| l.from == old);
+            let done = roll.replaced.len() == before.len()
+                && roll.updated == before.len()
+                && pods.iter().all(pod_ready)
+                && status.change.is_none()
+                && switched.is_some();
+            if done {
+                return Ok(Some(switched.cloned().unwrap()));
+            }
+            Err(anyhow!(
+                "replaced {:?}, {} of {} Pods updated and ready, change {:?}",
+                roll.replaced,
+                roll.updated,
+                before.len(),
+                status.change
+            ))
+        })
+        .await;
+        let record = result.unwrap_or_else(|e| self.fail("the rolling update", e));
+        let roll = roll.into_inner().unwrap();
+        assert_eq!(record.reason, "RollingUpdate", "{record:?}");
+        assert_eq!(
+            roll.replaced.last(),
+            Some(&old),
+            "the old primary is updated last: {:?}",
+            roll.replaced
+        );
+        assert!(
+            roll.most_unavailable <= 1,
+            "{} instances were unavailable at once",
+            roll.most_unavailable
+        );
+        let (report, missing) = self.finish_and_audit(writer).await;
+        self.report(
+            &format!("rolling update, {old} → {} last", record.to),
+            &report,
+            &missing,
+        );
+        assert!(
+            missing.is_empty(),
+            "a rolling update lost acknowledged writes: {missing:?}"
+        );
+        self.healthy().await;
+        self.assert_one_primary().await;
+    }
+
+    async fn pod_uids(&self) -> BTreeMap<String, String> {
+        let pods = self
+            .shard
+            .pods()
+            .await
+            .unwrap_or_else(|e| self.fail("listing Pods", e));
+        pods.iter().map(|p| (p.name_any(), uid(p))).collect()
+    }
+
     /// A replica stopped for a while catches up; a replica whose volume is deleted
     /// is cloned again and holds the data.
     async fn replicas_recover(&mut self) {
@@ -291,7 +371,7 @@ impl Scenario {
             .await
             .unwrap()
             .into_iter()
-            .map(|p| kube::ResourceExt::name_any(&p))
+            .map(|p| p.name_any())
             .find(|n| n != primary)
             .expect("a replica")
     }
@@ -318,6 +398,62 @@ impl Scenario {
     }
 }
 
+/// What a rolling update has done so far, polled.
+#[derive(Default)]
+struct Roll {
+    /// Instances whose Pod was recreated, in order.
+    replaced: Vec<String>,
+    /// Pods running the new resources and Ready.
+    updated: usize,
+    /// The most instances seen unavailable (missing or not Ready) at once.
+    most_unavailable: usize,
+}
+
+impl Roll {
+    fn observe(
+        &mut self,
+        pods: &[Pod],
+        before: &BTreeMap<String, String>,
+        resources: &serde_json::Value,
+    ) {
+        for pod in pods {
+            let name = pod.name_any();
+            if before.get(&name) != Some(&uid(pod)) && !self.replaced.contains(&name) {
+                self.replaced.push(name);
+            }
+        }
+        let ready = pods.iter().filter(|p| pod_ready(p)).count();
+        self.most_unavailable = self
+            .most_unavailable
+            .max(before.len().saturating_sub(ready));
+        self.updated = pods
+            .iter()
+            .filter(|p| pod_ready(p) && database_resources(p).as_ref() == Some(resources))
+            .count();
+    }
+}
+
+fn uid(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn database_resources(pod: &Pod) -> Option<serde_json::Value> {
+    let container = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == "database")?;
+    serde_json::to_value(container.resources.as_ref()?).ok()
+}
+
 async fn full_scenario(name: &str, engine: &'static str, sync: bool) {
     let _slot = SLOTS.acquire().await.unwrap();
     let started = Instant::now();
@@ -326,6 +462,7 @@ async fn full_scenario(name: &str, engine: &'static str, sync: bool) {
     s.crash_primary("delete").await;
     s.hang_primary().await;
     s.switchover().await;
+    s.rolling_update().await;
     s.replicas_recover().await;
     println!("{name}: scenario took {:?}", started.elapsed());
 }

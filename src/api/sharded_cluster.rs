@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use kube::core::{Message, Rule};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,7 @@ pub const MAX_REPLICAS: i32 = 5;
 )]
 #[x_kube(validation = Rule::new("!has(self.weights) || size(self.weights) == self.shards").message("weights must list exactly one weight per shard (as many entries as shards), or be omitted for equal shards"))]
 #[x_kube(validation = Rule::new("self.engine != 'postgres' || (self.shards == oldSelf.shards && has(self.weights) == has(oldSelf.weights) && (!has(self.weights) || self.weights == oldSelf.weights))").message("shards and weights of a postgres cluster cannot change yet: ringmaster moves Redis keys between shards, not PostgreSQL rows; set shards and weights back to their previous values"))]
+#[x_kube(validation = postgres_major_rule())]
 #[serde(rename_all = "camelCase")]
 pub struct ShardedClusterSpec {
     /// Database engine: `redis` or `postgres`. Immutable: to change engines, create a
@@ -43,11 +45,21 @@ pub struct ShardedClusterSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("engine is immutable: create a new ShardedCluster with the other engine and migrate the data to it"))]
     pub engine: Engine,
     /// Server version (the image tag of the stock `redis` / `postgres` image); the
-    /// engine's default (Redis 7.0, PostgreSQL 15) when unset.
+    /// engine's default (Redis 7.0, PostgreSQL 15) when unset. A change is rolled out
+    /// instance by instance (replicas, switchover, old primary). A PostgreSQL cluster
+    /// keeps its major version (the leading number: `15`, `15.8` and `15-bookworm` are
+    /// all 15): a data directory cannot be restarted by another major, so a change
+    /// such as 15 → 16 is refused; create a new cluster of the new major and migrate
+    /// the data to it instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub version: Option<String>,
-    /// Full image reference, overriding `version`.
+    /// Full image reference, overriding `version`. For PostgreSQL the major version
+    /// is then the leading number of its tag, and it cannot change in place either:
+    /// `postgres:15` → `postgres:16.1` is refused, `postgres:15` →
+    /// `registry.local/postgres:15.8-bookworm` is accepted. A reference whose tag does
+    /// not start with a number (`postgres`, `postgres:latest`, `postgres@sha256:…`) is
+    /// not checked: keeping its major version is up to you.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub image: Option<String>,
@@ -97,6 +109,38 @@ fn default_shards() -> i32 {
 
 fn default_replicas() -> i32 {
     1
+}
+
+/// The CEL expression for the PostgreSQL major version a spec (`self` or `oldSelf`)
+/// runs: the leading digits of the image tag when `image` is set (the text after the
+/// last `:` that follows the last `/`, of the part before any `@` digest), else of
+/// `version`, else of the engine default. `''` when there is no such number (no tag,
+/// `latest`, a digest only): the major is then unknown and not compared.
+fn cel_postgres_major(spec: &str) -> String {
+    let default = Engine::Postgres.default_version();
+    format!(
+        "(has({spec}.image) \
+         ? {spec}.image.split('@')[0].find(':[0-9]+[^:/]*$').find('[0-9]+') \
+         : (has({spec}.version) ? {spec}.version : '{default}').find('^[0-9]+'))"
+    )
+}
+
+/// Refuses an in-place change of PostgreSQL major version: instances are restarted
+/// one by one on the same data directory, which only a server of the same major can
+/// open (15 → 16 needs pg_upgrade or a logical migration). Minor versions and every
+/// Redis version change roll out.
+fn postgres_major_rule() -> Rule {
+    let old = cel_postgres_major("oldSelf");
+    let new = cel_postgres_major("self");
+    Rule::new(format!(
+        "self.engine != 'postgres' || {old} == '' || {new} == '' || {old} == {new}"
+    ))
+    .message(Message::Expression(format!(
+        "'the PostgreSQL major version cannot change in place (' + {old} + ' → ' + {new} \
+         + ' needs pg_upgrade): set version (or the image tag) back to the previous \
+         major, or create a new ShardedCluster of the new version and migrate the data \
+         to it'"
+    )))
 }
 
 impl ShardedClusterSpec {
@@ -218,4 +262,121 @@ pub struct ShardedClusterStatus {
     /// `Ready`, `Progressing` and `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn cluster(spec: Value) -> ShardedCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "ringmaster.dev/v1alpha1",
+            "kind": "ShardedCluster",
+            "metadata": { "name": "c" },
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    /// Validates the update `old` → `new` with the CRD's CEL rules, client-side.
+    fn update(old: Value, new: Value) -> Result<(), String> {
+        kube::core::cel::validate_cel_update(&cluster(new), &cluster(old)).map_err(|errors| {
+            let messages: Vec<String> = errors
+                .into_vec()
+                .into_iter()
+                .map(|error| error.message)
+                .collect();
+            messages.join("; ")
+        })
+    }
+
+    #[test]
+    fn postgres_major_version_cannot_change_in_place() {
+        let pg = |extra: Value| {
+            let mut spec = json!({ "engine": "postgres" });
+            spec.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            spec
+        };
+        let refused = [
+            (
+                json!({ "version": "15" }),
+                json!({ "version": "16" }),
+                "15 → 16",
+            ),
+            (json!({}), json!({ "version": "16" }), "15 → 16"),
+            (json!({ "version": "16.4" }), json!({}), "16 → 15"),
+            (
+                json!({ "image": "postgres:15" }),
+                json!({ "image": "postgres:16.1" }),
+                "15 → 16",
+            ),
+            (
+                json!({ "version": "15" }),
+                json!({ "image": "reg:5000/pg/postgres:17-alpine" }),
+                "15 → 17",
+            ),
+            (
+                json!({ "image": "postgres:16@sha256:0123" }),
+                json!({ "version": "15.8" }),
+                "16 → 15",
+            ),
+        ];
+        for (old, new, majors) in refused {
+            let message = update(pg(old.clone()), pg(new.clone()))
+                .expect_err(&format!("{old} → {new} is refused"));
+            assert!(
+                message.contains(&format!(
+                    "the PostgreSQL major version cannot change in place ({majors} needs pg_upgrade)"
+                )),
+                "{old} → {new}: {message}"
+            );
+        }
+        let accepted = [
+            (json!({ "version": "15" }), json!({ "version": "15.8" })),
+            (json!({}), json!({ "version": "15.8-bookworm" })),
+            (
+                json!({ "version": "15" }),
+                json!({ "image": "registry.local:5000/postgres:15.8" }),
+            ),
+            (
+                json!({ "image": "postgres:15" }),
+                json!({ "image": "postgres:15.8-bookworm" }),
+            ),
+            (
+                json!({ "image": "postgres:15" }),
+                json!({ "version": "16", "image": "postgres:15.2" }),
+            ),
+            // No major to compare: the user's responsibility.
+            (
+                json!({ "version": "15" }),
+                json!({ "image": "registry.local:5000/pg/postgres@sha256:16ab" }),
+            ),
+            (
+                json!({ "image": "postgres:latest" }),
+                json!({ "image": "postgres:17" }),
+            ),
+            (
+                json!({ "image": "localhost:5000/postgres" }),
+                json!({ "version": "16" }),
+            ),
+        ];
+        for (old, new) in accepted {
+            update(pg(old.clone()), pg(new.clone()))
+                .unwrap_or_else(|e| panic!("{old} → {new} is accepted, got {e}"));
+        }
+    }
+
+    #[test]
+    fn redis_version_changes_roll_out() {
+        for (old, new) in [("7.0", "7.2"), ("7.0", "8.0"), ("8.0", "7.2")] {
+            update(
+                json!({ "engine": "redis", "version": old }),
+                json!({ "engine": "redis", "version": new }),
+            )
+            .unwrap_or_else(|e| panic!("redis {old} → {new} is accepted, got {e}"));
+        }
+    }
 }

@@ -32,6 +32,9 @@ pub const REPLICATION_USERNAME: &str = "ringmaster_replication";
 /// Pod annotation holding the last role command an instance's agent accepted (JSON;
 /// no secret in it), so an unchanged command is not sent again.
 pub const ROLE_COMMAND_ANNOTATION: &str = "ringmaster.dev/role-command";
+/// Annotation of an instance Pod: the hash of the template it was built from
+/// (images and resources), compared by the rolling update.
+pub const TEMPLATE_ANNOTATION: &str = "ringmaster.dev/template-hash";
 
 /// Value of `app.kubernetes.io/component` on the routers' objects.
 pub const ROUTER_COMPONENT: &str = "router";

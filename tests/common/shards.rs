@@ -284,6 +284,18 @@ impl ShardUnderTest {
         self.delete_pod(name).await
     }
 
+    /// Sets the ShardedCluster's `spec.resources` (a change that rolls every Pod).
+    pub async fn set_resources(&self, resources: serde_json::Value) -> anyhow::Result<()> {
+        self.clusters
+            .patch(
+                &self.cluster,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "resources": resources } })),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Requests a switchover by editing `spec.primary`.
     pub async fn request_switchover(&self, to: &str) -> anyhow::Result<()> {
         self.shards

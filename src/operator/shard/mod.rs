@@ -95,6 +95,7 @@ async fn reconcile_shard(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
         shard: &shard,
         pods: &observed.pods,
         agents: agents.as_ref(),
+        agent_image: &ctx.settings.agent_image,
         now: now.0,
     });
     execute::record(ctx, &mut shard, &decision).await?;

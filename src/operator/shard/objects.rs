@@ -12,11 +12,15 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
 
 use super::replication;
-use crate::api::shard::Role;
+use crate::api::shard::{Role, ShardSpec};
 use crate::api::{PvcRetention, Shard};
-use crate::operator::names::{self, AGENT_PORT, AGENT_PORT_NAME, DB_PORT_NAME, label, secret_key};
+use crate::operator::names::{
+    self, AGENT_PORT, AGENT_PORT_NAME, DB_PORT_NAME, TEMPLATE_ANNOTATION, label, secret_key,
+};
+use crate::ring::hash::hash_bytes_extended;
 
 /// Name of the init container that installs the agent.
 pub const INIT_CONTAINER: &str = "install-agent";
@@ -103,8 +107,13 @@ pub fn pod(target: &Target<'_>, ordinal: i32, start: Start, agent_image: &str) -
     let spec = &target.shard.spec;
     let name = names::pod_name(target.name, ordinal);
     let labels = names::pod_labels(spec.engine, target.cluster(), target.index(), &name, role);
+    let mut metadata = target.meta(name.clone(), labels, true);
+    metadata.annotations = Some(BTreeMap::from([(
+        TEMPLATE_ANNOTATION.to_owned(),
+        template_hash(spec, agent_image),
+    )]));
     Pod {
-        metadata: target.meta(name.clone(), labels, true),
+        metadata,
         spec: Some(PodSpec {
             hostname: Some(name.clone()),
             subdomain: Some(names::headless_service(target.name)),
@@ -134,6 +143,30 @@ pub fn pod(target: &Target<'_>, ordinal: i32, start: Start, agent_image: &str) -
         }),
         status: None,
     }
+}
+
+/// The hash of what an instance Pod is built from that a running Pod cannot take
+/// on: the database image, its resources and the agent image. A Pod whose
+/// [`TEMPLATE_ANNOTATION`] differs is replaced by the rolling update.
+pub fn template_hash(spec: &ShardSpec, agent_image: &str) -> String {
+    let template = serde_json::json!({
+        "image": spec.image,
+        "resources": spec.resources,
+        "agentImage": agent_image,
+    });
+    format!(
+        "{:016x}",
+        hash_bytes_extended(template.to_string().as_bytes(), 0)
+    )
+}
+
+/// Whether `pod` was built from another template than `template` (a hash of
+/// [`template_hash`]); a Pod without the annotation is outdated too.
+pub fn outdated(pod: &Pod, template: &str) -> bool {
+    pod.annotations()
+        .get(TEMPLATE_ANNOTATION)
+        .map(String::as_str)
+        != Some(template)
 }
 
 fn install_agent(agent_image: &str) -> Container {

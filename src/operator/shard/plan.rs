@@ -8,8 +8,9 @@
 //!   [`super::replication`], not the immediate primary.
 //! * Missing Pods are created (same name, same PVC), starting as the state's primary
 //!   or as replicas at the state's epoch; Pods are never changed in place except
-//!   their labels (role, streaming). A Pod whose image differs from the spec is an
-//!   update pending, which the rolling update of [`super::replication`] handles.
+//!   their labels (role, streaming). A Pod built from another template (image,
+//!   resources or agent image, see [`objects::template_hash`]) is an update pending,
+//!   which the rolling update of [`super::replication`] handles.
 //! * PVCs are applied for every instance, never smaller than they are; those of
 //!   removed instances are deleted when `pvcRetention.whenScaled` is `Delete`.
 
@@ -67,7 +68,8 @@ pub struct Plan {
     pub replace_pods: Vec<String>,
     /// PVCs to delete.
     pub delete_pvcs: Vec<String>,
-    /// Pods running another image than the spec's.
+    /// Pods built from another template (image, resources, agent image) than the
+    /// spec's: the rolling update replaces them.
     pub update_pending: Vec<String>,
 }
 
@@ -126,6 +128,7 @@ pub fn plan(
             .map_or_else(String::new, |o| names::pod_name(target.name, o))
     });
 
+    let template = objects::template_hash(&shard.spec, agent_image);
     let mut plan = Plan {
         primary: names::pod_name(target.name, primary),
         ordinals: ordinals.clone(),
@@ -143,7 +146,7 @@ pub fn plan(
             }
             Some(pod) if terminating(pod) => {}
             Some(pod) if failed(pod) => plan.replace_pods.push(pod.name_any()),
-            Some(pod) => plan_existing(&target, pod, labels, &mut plan),
+            Some(pod) => plan_existing(&target, pod, labels, &template, &mut plan),
         }
     }
     for (ordinal, pod) in &pods {
@@ -161,8 +164,9 @@ pub fn plan(
     Ok(plan)
 }
 
-/// Relabels `pod` if its labels differ, and notes an image that differs from spec.
-fn plan_existing(target: &Target<'_>, pod: &Pod, labels: &Labels, plan: &mut Plan) {
+/// Relabels `pod` if its labels differ, and notes a Pod built from another template
+/// (image, resources, agent image) than `template`.
+fn plan_existing(target: &Target<'_>, pod: &Pod, labels: &Labels, template: &str, plan: &mut Plan) {
     let spec = &target.shard.spec;
     let name = pod.name_any();
     let mut wanted: BTreeMap<String, Option<String>> =
@@ -189,7 +193,7 @@ fn plan_existing(target: &Target<'_>, pod: &Pod, labels: &Labels, plan: &mut Pla
             labels: changes,
         });
     }
-    if database_image(pod).is_some_and(|image| image != spec.image) {
+    if objects::outdated(pod, template) {
         plan.update_pending.push(name);
     }
 }
@@ -204,11 +208,6 @@ fn by_ordinal<T: Clone>(
         .iter()
         .filter_map(|o| names::pod_ordinal(shard, &name(o)).map(|ordinal| (ordinal, o.clone())))
         .collect()
-}
-
-/// The image of a Pod's database container.
-pub fn database_image(pod: &Pod) -> Option<&str> {
-    objects::database_container(pod)?.image.as_deref()
 }
 
 /// The storage a PVC requests.

@@ -27,8 +27,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::objects::created_epoch;
-use super::plan::{database_image, desired_ordinals, pod_ready, terminating};
+use super::objects::{created_epoch, outdated, template_hash};
+use super::plan::{desired_ordinals, pod_ready, terminating};
 use crate::api::agent::{AgentStatus, DesiredRole, RoleCommand, StopMode, Upstream, parse_lsn};
 use crate::api::shard::{
     ChangeKind, ChangePhase, FailoverRecord, PrimaryChange, Role, ShardSpec, ShardStatus,
@@ -38,6 +38,10 @@ use crate::operator::names::{self, ROLE_COMMAND_ANNOTATION};
 
 /// A target that has not become primary this long after it was asked is given up.
 pub const CANDIDATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A switchover whose old primary has not stepped down this long after it was asked
+/// is turned into a failover when that primary is unhealthy, and cancelled when it
+/// still serves.
+pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Seconds added to `unhealthyAfter` for `holdCrashedPrimarySeconds`.
 pub const HOLD_MARGIN_SECONDS: u64 = 30;
 /// `unhealthyAfter` when the spec's value cannot be read.
@@ -53,6 +57,9 @@ pub const PRIMARY_UNHEALTHY: &str = "PrimaryUnhealthy";
 pub const SWITCHOVER: &str = "Switchover";
 /// `lastFailover.reason` of switchovers of a rolling update.
 pub const ROLLING_UPDATE: &str = "RollingUpdate";
+/// Event reason: a switchover was cancelled because the old primary did not step
+/// down.
+pub const SWITCHOVER_FAILED: &str = "SwitchoverFailed";
 
 /// Parses a duration such as `500ms`, `5s` or `1m` (the CRD's `unhealthyAfter`).
 pub fn parse_duration(text: &str) -> Option<Duration> {
@@ -195,6 +202,8 @@ pub struct Inputs<'a> {
     /// `None` when the agents could not be asked at all (no token): then nothing is
     /// decided.
     pub agents: Option<&'a BTreeMap<String, AgentStatus>>,
+    /// The image of the agent that instance Pods are built with.
+    pub agent_image: &'a str,
     /// Now.
     pub now: Timestamp,
 }
@@ -351,6 +360,8 @@ struct View<'a> {
     names: Vec<String>,
     pods: BTreeMap<String, &'a Pod>,
     agents: &'a BTreeMap<String, AgentStatus>,
+    /// The hash of the template Pods of the spec are built from.
+    template: String,
     now: Timestamp,
 }
 
@@ -369,6 +380,7 @@ impl<'a> View<'a> {
             names,
             pods: inputs.pods.iter().map(|p| (p.name_any(), p)).collect(),
             agents,
+            template: template_hash(&shard.spec, inputs.agent_image),
             now: inputs.now,
         }
     }
@@ -461,10 +473,10 @@ impl<'a> View<'a> {
             .map(String::as_str)
     }
 
+    /// Whether the Pod of `name` was built from another template than the spec's.
     fn outdated(&self, name: &str) -> bool {
         self.pod(name)
-            .and_then(database_image)
-            .is_some_and(|image| image != self.spec().image)
+            .is_some_and(|pod| outdated(pod, &self.template))
     }
 
     fn max_lag(&self) -> u64 {
@@ -705,8 +717,8 @@ fn rolling_update(d: &mut Decision, v: &View<'_>) {
                 pod: (*replica).clone(),
                 reason: ROLLING_UPDATE,
                 note: format!(
-                    "rolling update: deleted Pod {replica} to run {image}; it is recreated \
-                     on its volume"
+                    "rolling update: deleted Pod {replica} to apply the spec ({image}, \
+                     resources); it is recreated on its volume"
                 ),
             });
         }
@@ -718,7 +730,7 @@ fn rolling_update(d: &mut Decision, v: &View<'_>) {
             reason: ROLLING_UPDATE,
             note: format!(
                 "rolling update: deleted Pod {primary} (no replica to switch over to) to \
-                 run {image}; it is recreated on its volume"
+                 apply the spec ({image}, resources); it is recreated on its volume"
             ),
         });
         return;
@@ -728,7 +740,7 @@ fn rolling_update(d: &mut Decision, v: &View<'_>) {
         .filter(|n| switchover_blocker(v, &primary, n).is_none())
         .max_by_key(|n| (v.received(n), Reverse((**n).clone())));
     if let Some(target) = target {
-        let reason = format!("{ROLLING_UPDATE}: {primary} runs an outdated image");
+        let reason = format!("{ROLLING_UPDATE}: {primary} runs an outdated Pod template");
         let now = Time(v.now);
         record(d, v, ChangeKind::Switchover, &primary, target, reason, now);
     }
@@ -739,23 +751,27 @@ fn rolling_update(d: &mut Decision, v: &View<'_>) {
 fn advance(d: &mut Decision, v: &View<'_>, change: &PrimaryChange) {
     match change.phase {
         ChangePhase::Pending => {
-            if let Some(how) = stopped(v, change) {
-                let (reason, note) = match change.kind {
-                    ChangeKind::Failover => ("Fenced", format!("fenced {}: {how}", change.from)),
-                    ChangeKind::Switchover => (
-                        "Demoted",
-                        format!("{} stopped being primary: {how}", change.from),
-                    ),
-                };
-                d.events.push(Note {
-                    warning: false,
-                    reason,
-                    note,
-                });
-                if let Some(c) = d.state.change.as_mut() {
-                    c.phase = ChangePhase::Promoting;
-                    c.phase_since = Some(Time(v.now));
+            let Some(how) = stopped(v, change) else {
+                if change.kind == ChangeKind::Switchover {
+                    stalled_switchover(d, v, change);
                 }
+                return;
+            };
+            let (reason, note) = match change.kind {
+                ChangeKind::Failover => ("Fenced", format!("fenced {}: {how}", change.from)),
+                ChangeKind::Switchover => (
+                    "Demoted",
+                    format!("{} stopped being primary: {how}", change.from),
+                ),
+            };
+            d.events.push(Note {
+                warning: false,
+                reason,
+                note,
+            });
+            if let Some(c) = d.state.change.as_mut() {
+                c.phase = ChangePhase::Promoting;
+                c.phase_since = Some(Time(v.now));
             }
         }
         ChangePhase::Promoting => {
@@ -764,6 +780,67 @@ fn advance(d: &mut Decision, v: &View<'_>, change: &PrimaryChange) {
             } else if let Some(why) = candidate_failure(v, change) {
                 candidate_failed(d, v, change, &why);
             }
+        }
+    }
+}
+
+/// A switchover whose old primary has not stepped down within
+/// [`SWITCHOVER_TIMEOUT`]: when that primary is unhealthy (its agent or server does
+/// not answer) it becomes a failover to the most advanced replica at a new epoch
+/// (the old primary is fenced); when it still serves as primary the switchover is
+/// cancelled: it stays primary at a new epoch and `spec.primary` names it again.
+fn stalled_switchover(d: &mut Decision, v: &View<'_>, change: &PrimaryChange) {
+    let waited = v.seconds_since(change.phase_since.as_ref().unwrap_or(&change.started_at));
+    if waited < SWITCHOVER_TIMEOUT.as_secs_f64() {
+        return;
+    }
+    let from = &change.from;
+    let last_error = v
+        .agent(from)
+        .and_then(|a| a.last_error.as_deref())
+        .map_or_else(String::new, |e| format!(" (last error: {e})"));
+    match v.unhealthy(from) {
+        Some(why) => {
+            let mut exclude = d.state.failed_candidates.clone();
+            exclude.push(from.clone());
+            match choose(v, from, &exclude) {
+                Ok(candidate) => {
+                    d.state.change = None;
+                    let reason = format!(
+                        "{PRIMARY_UNHEALTHY}: {why} {waited:.0}s into a switchover to {}{last_error}",
+                        change.to
+                    );
+                    let since = change.started_at.clone();
+                    record(d, v, ChangeKind::Failover, from, &candidate, reason, since);
+                }
+                Err(message) => block(
+                    d,
+                    v,
+                    FAILOVER_BLOCKED,
+                    format!(
+                        "{from} did not step down for the switchover to {} and is unhealthy \
+                         ({why}) but {message}",
+                        change.to
+                    ),
+                ),
+            }
+        }
+        None => {
+            d.state.change = None;
+            d.state.epoch += 1;
+            d.spec_primary = Some(from.clone());
+            d.events.push(Note {
+                warning: true,
+                reason: SWITCHOVER_FAILED,
+                note: format!(
+                    "{from} did not step down within {}s of the switchover to {}{last_error}; \
+                     the switchover is cancelled, {from} stays primary at epoch {} and \
+                     spec.primary names it again: edit spec.primary to retry",
+                    SWITCHOVER_TIMEOUT.as_secs(),
+                    change.to,
+                    d.state.epoch
+                ),
+            });
         }
     }
 }

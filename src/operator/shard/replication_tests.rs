@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
+use super::objects::template_hash;
 use super::plan::{Observed, plan};
 use super::replication::{
     Decision, FAILOVER_BLOCKED, Inputs, Labels, SWITCHOVER_BLOCKED, State, command_annotation,
@@ -18,7 +19,7 @@ use crate::api::shard::{ChangeKind, ChangePhase, InstanceStatus, Role};
 use crate::api::{Shard, ShardStatus, condition};
 use crate::operator::conditions::Desired;
 use crate::operator::fixtures::{load, running};
-use crate::operator::names::ROLE_COMMAND_ANNOTATION;
+use crate::operator::names::{ROLE_COMMAND_ANNOTATION, TEMPLATE_ANNOTATION};
 
 const IMAGE: &str = "ghcr.io/ringmaster/ringmaster:0.1.0";
 
@@ -91,6 +92,7 @@ impl World {
             shard: &self.shard,
             pods: &self.pods,
             agents: Some(&self.agents),
+            agent_image: IMAGE,
             now: self.now,
         })
     }
@@ -132,6 +134,14 @@ impl World {
                 );
         }
         d
+    }
+
+    /// The Pod `name` as recreated from the current spec (template annotation).
+    fn recreate_from_spec(&mut self, name: &str) {
+        let template = template_hash(&self.shard.spec, IMAGE);
+        self.pod_mut(name)
+            .annotations_mut()
+            .insert(TEMPLATE_ANNOTATION.into(), template);
     }
 
     fn pod_mut(&mut self, name: &str) -> &mut Pod {
@@ -245,6 +255,7 @@ fn without_agents_nothing_is_decided() {
         shard: &world.shard,
         pods: &world.pods,
         agents: None,
+        agent_image: IMAGE,
         now: world.now,
     });
     assert!(d.commands.is_empty());
@@ -606,6 +617,75 @@ fn a_switchover_stops_the_primary_cleanly_then_promotes() {
 }
 
 #[test]
+fn a_switchover_whose_primary_keeps_serving_is_cancelled_after_the_timeout() {
+    let mut world = World::new(2);
+    world.shard.spec.primary = Some("cache-0-2".into());
+    world.step();
+    world.agent("cache-0-0").last_error = Some("FAILOVER timed out".into());
+    world.wait(30);
+    let d = world.step();
+    assert_eq!(d.state.change.as_ref().unwrap().phase, ChangePhase::Pending);
+    assert!(reasons(&d).is_empty(), "still waiting: {:?}", reasons(&d));
+
+    world.wait(31);
+    let d = world.step();
+    assert_eq!(d.state.change, None, "cancelled");
+    assert_eq!((d.state.primary.as_str(), d.state.epoch), ("cache-0-0", 2));
+    assert_eq!(d.spec_primary.as_deref(), Some("cache-0-0"));
+    assert_eq!(reasons(&d), ["SwitchoverFailed"]);
+    assert!(
+        d.events[0].note.contains("FAILOVER timed out"),
+        "{}",
+        d.events[0].note
+    );
+    let primary = d.commands.iter().find(|c| c.pod == "cache-0-0").unwrap();
+    assert_eq!(
+        (primary.command.role, primary.command.epoch),
+        (DesiredRole::Primary, 2)
+    );
+    assert_eq!(d.labels.role("cache-0-0"), Some(Role::Primary));
+    let d = world.step();
+    assert!(
+        d.state.change.is_none(),
+        "no new switchover: {:?}",
+        d.state.change
+    );
+}
+
+#[test]
+fn a_switchover_whose_primary_stops_answering_becomes_a_failover() {
+    let mut world = World::new(2);
+    world.shard.spec.primary = Some("cache-0-2".into());
+    world.step();
+    world.agents.remove("cache-0-0");
+    world.received("cache-0-1", 1000, 1000);
+    world.received("cache-0-2", 990, 990);
+    world.wait(61);
+    let d = world.step();
+    let change = d.state.change.clone().expect("a failover");
+    assert_eq!(
+        (
+            change.kind,
+            change.from.as_str(),
+            change.to.as_str(),
+            change.epoch
+        ),
+        (ChangeKind::Failover, "cache-0-0", "cache-0-1", 2),
+        "the most advanced replica, at a new epoch"
+    );
+    assert!(
+        change.reason.starts_with("PrimaryUnhealthy"),
+        "{}",
+        change.reason
+    );
+    assert_eq!(reasons(&d), ["FailoverStarted"]);
+    assert_eq!(
+        d.delete_pods[0].pod, "cache-0-0",
+        "fenced by deleting its Pod"
+    );
+}
+
+#[test]
 fn a_switchover_to_an_unqualified_instance_is_blocked_and_says_why() {
     type Setup = fn(&mut World);
     let cases: [(&str, Setup, &str); 4] = [
@@ -658,10 +738,7 @@ fn a_rolling_update_recreates_replicas_one_at_a_time_then_switches_over() {
     assert_eq!(d.delete_pods[0].reason, "RollingUpdate");
 
     // cache-0-1 recreated with the new image but not streaming yet: wait.
-    let set_image = |w: &mut World, name: &str| {
-        let pod = w.pod_mut(name);
-        pod.spec.as_mut().unwrap().containers[0].image = Some("redis:7.2".into());
-    };
+    let set_image = |w: &mut World, name: &str| w.recreate_from_spec(name);
     set_image(&mut world, "cache-0-1");
     world.replication("cache-0-1").streaming = false;
     let d = world.step();
@@ -685,6 +762,46 @@ fn a_rolling_update_recreates_replicas_one_at_a_time_then_switches_over() {
         "{}",
         change.reason
     );
+}
+
+#[test]
+fn a_resources_change_rolls_replicas_first_and_the_primary_after_its_switchover() {
+    let mut world = World::new(1);
+    world.shard.spec.resources = serde_json::from_value(serde_json::json!({
+        "limits": { "memory": "512Mi" }
+    }))
+    .unwrap();
+    let d = world.step();
+    assert_eq!(names_of(&d), ["cache-0-1"], "the replica first");
+    world.recreate_from_spec("cache-0-1");
+    let d = world.step();
+    assert!(
+        d.delete_pods.is_empty(),
+        "the primary is never deleted first"
+    );
+    let change = d.state.change.expect("a switchover to the updated replica");
+    assert_eq!(
+        (change.kind, change.from.as_str(), change.to.as_str()),
+        (ChangeKind::Switchover, "cache-0-0", "cache-0-1")
+    );
+}
+
+#[test]
+fn nothing_is_rolled_while_an_instance_is_not_ready() {
+    let mut world = World::new(2);
+    world.shard.spec.image = "redis:7.2".into();
+    world
+        .pod_mut("cache-0-2")
+        .status
+        .as_mut()
+        .unwrap()
+        .conditions = None;
+    let d = world.step();
+    assert!(d.delete_pods.is_empty(), "{:?}", d.delete_pods);
+}
+
+fn names_of(d: &Decision) -> Vec<&str> {
+    d.delete_pods.iter().map(|p| p.pod.as_str()).collect()
 }
 
 #[test]

@@ -252,8 +252,9 @@ fn progressing(
             condition::PROGRESSING,
             UPDATE_PENDING,
             format!(
-                "rolling update: {} run(s) an image other than the spec's; the replicas are \
-                 recreated one at a time, then the primary is switched over and updated last",
+                "rolling update: {} run(s) an older Pod template (image, resources or agent \
+                 image) than the spec's; the replicas are recreated one at a time, then the \
+                 primary is switched over and updated last",
                 name_list(&plan.update_pending, 5)
             ),
         );

@@ -41,6 +41,7 @@ fn plan_with(
         shard,
         pods: &observed.pods,
         agents,
+        agent_image: AGENT_IMAGE,
         now: now().0,
     });
     plan(shard, observed, AGENT_IMAGE, &decision.labels).unwrap()
@@ -109,6 +110,7 @@ fn status_for(
         shard,
         pods: &observed.pods,
         agents,
+        agent_image: AGENT_IMAGE,
         now: at.0,
     });
     let plan = plan(shard, observed, AGENT_IMAGE, &decision.labels).unwrap();
@@ -590,6 +592,48 @@ fn a_new_image_is_an_update_pending_not_an_in_place_change() {
     let plan = plan_for(&shard, &observed);
     assert_eq!(plan.update_pending, ["cache-0-0", "cache-0-1"]);
     assert!(plan.create_pods.is_empty() && plan.relabel_pods.is_empty());
+}
+
+#[test]
+fn new_resources_or_a_new_agent_image_are_an_update_pending() {
+    let mut shard = redis_shard();
+    let observed = existing(&shard, &[0, 1]);
+    let same = plan_for(&shard, &observed);
+    assert!(same.update_pending.is_empty(), "the same template");
+
+    shard.spec.resources = serde_json::from_value(serde_json::json!({
+        "requests": { "cpu": "250m", "memory": "128Mi" }
+    }))
+    .unwrap();
+    let resized = plan_for(&shard, &observed);
+    assert_eq!(resized.update_pending, ["cache-0-0", "cache-0-1"]);
+    assert!(resized.create_pods.is_empty() && resized.relabel_pods.is_empty());
+
+    let shard = redis_shard();
+    let decision = decide(&Inputs {
+        shard: &shard,
+        pods: &observed.pods,
+        agents: None,
+        agent_image: "ghcr.io/ringmaster/ringmaster:0.2.0",
+        now: now().0,
+    });
+    let upgraded = plan(
+        &shard,
+        &observed,
+        "ghcr.io/ringmaster/ringmaster:0.2.0",
+        &decision.labels,
+    )
+    .unwrap();
+    assert_eq!(upgraded.update_pending, ["cache-0-0", "cache-0-1"]);
+}
+
+#[test]
+fn a_pod_without_a_template_hash_is_an_update_pending() {
+    let shard = redis_shard();
+    let mut observed = existing(&shard, &[0, 1]);
+    observed.pods[1].metadata.annotations = None;
+    let planned = plan_for(&shard, &observed);
+    assert_eq!(planned.update_pending, ["cache-0-1"]);
 }
 
 #[test]
