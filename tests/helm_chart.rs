@@ -223,6 +223,36 @@ fn http_address_is_passed_as_given_and_sets_the_container_port() {
     }
 }
 
+#[test]
+fn extra_env_is_appended_to_the_operator_container() {
+    let cluster = Cluster::shared();
+    let plain = render(cluster, &[]);
+    let env = &deployment(&plain)["spec"]["template"]["spec"]["containers"][0]["env"];
+    let names: Vec<&str> = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["POD_IP", "POD_NAME", "POD_NAMESPACE", "RINGMASTER_IMAGE"]
+    );
+    let objects = render(
+        cluster,
+        &[
+            "--set",
+            "extraEnv[0].name=HTTPS_PROXY",
+            "--set",
+            "extraEnv[0].value=http://proxy:3128",
+        ],
+    );
+    let env = &deployment(&objects)["spec"]["template"]["spec"]["containers"][0]["env"];
+    let last = env.as_array().unwrap().last().unwrap();
+    assert_eq!(last["name"], "HTTPS_PROXY");
+    assert_eq!(last["value"], "http://proxy:3128");
+}
+
 /// `kubectl auth can-i <verb> <resource> -n <ns>` as `user`; `resource` may end in
 /// `#<subresource>` (a `/` would name an object).
 fn can_i(cluster: &Cluster, user: &str, verb: &str, resource: &str, ns: &str) -> bool {

@@ -6,11 +6,17 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::load::{self, Writer};
+use common::shards::ShardUnderTest;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ContainerState, ContainerStatus, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use nix::sys::signal::Signal;
+use ringmaster::api::shard::{ChangeKind, ChangePhase};
 use ringmaster::api::{Shard, ShardedCluster};
 use ringmaster_e2e::{Cluster, TestNamespace, wait_for};
 use serde_json::json;
@@ -35,10 +41,25 @@ fn ok(output: std::process::Output, what: &str) -> String {
 
 /// Installs the chart as release `release` in `op_ns`, watching `watched`.
 fn install_operator(cluster: &Cluster, release: &str, op_ns: &str, watched: &str, replicas: u32) {
-    let args = [
+    install_operator_with(cluster, release, op_ns, watched, replicas, &[]);
+}
+
+/// [`install_operator`] with more `helm install` arguments.
+fn install_operator_with(
+    cluster: &Cluster,
+    release: &str,
+    op_ns: &str,
+    watched: &str,
+    replicas: u32,
+    extra: &[&str],
+) {
+    let chart = repo("charts/ringmaster");
+    let watch = format!("watchNamespaces={{{watched}}}");
+    let replicas = format!("replicas={replicas}");
+    let mut args = vec![
         "install",
         release,
-        &repo("charts/ringmaster"),
+        &chart,
         "-n",
         op_ns,
         // The local process-backed node runs every Pod in one network namespace (the
@@ -47,15 +68,16 @@ fn install_operator(cluster: &Cluster, release: &str, op_ns: &str, watched: &str
         "--set-string",
         "httpAddress=$(POD_IP):8080",
         "--set",
-        &format!("watchNamespaces={{{watched}}}"),
+        &watch,
         "--set",
-        &format!("replicas={replicas}"),
+        &replicas,
         "--set",
         "logFormat=text",
         "--wait",
         "--timeout",
         "120s",
     ];
+    args.extend_from_slice(extra);
     ok(cluster.helm(&args), &format!("helm install {release}"));
 }
 
@@ -702,4 +724,109 @@ async fn only_the_lease_holder_reconciles() {
         .delete("solo", &DeleteParams::default())
         .await
         .unwrap();
+}
+
+/// The Helm-installed operator dies right after it recorded a failover decision (the
+/// fail point `failover-recorded`, armed through the chart's `extraEnv`) and its Pod
+/// is then deleted: the operator that comes next finishes that same failover (the
+/// recorded target at the recorded epoch) and the shard ends with one primary.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_pod_killed_between_failover_phases() {
+    let cluster = Cluster::shared();
+    let op_ns = cluster.namespace("rm-fp").await;
+    let ns = cluster.namespace("rm-fp-apps").await;
+    let client = cluster.client().await;
+    let armed = [
+        "--set",
+        "extraEnv[0].name=RINGMASTER_FAILPOINT",
+        "--set",
+        "extraEnv[0].value=failover-recorded",
+    ];
+    install_operator_with(cluster, "rmfp", op_ns.name(), ns.name(), 1, &armed);
+    let shard = ShardUnderTest::create(&client, ns.name(), "fp", "redis", false, 2, "2s")
+        .await
+        .unwrap();
+    let old = shard.wait_healthy(READY_WAIT).await.unwrap();
+    let target = shard.rw_target().await.unwrap();
+    load::prepare(&target, WAIT).await.unwrap();
+    let writer = Writer::start(target, 1, 100_000, Duration::from_secs(240));
+    writer
+        .wait_acked(20, "the writer to start", WAIT)
+        .await
+        .unwrap();
+    let operator = operator_pods(&client, op_ns.name(), "rmfp").await;
+    let operator = operator.first().expect("an operator Pod").name_any();
+
+    shard.signal_server(&old, Signal::SIGKILL).await.unwrap();
+    let recorded = wait_for("the failover to be recorded", WAIT, POLL, || async {
+        let status = shard.shard().await?.status.unwrap_or_default();
+        Ok(status
+            .change
+            .filter(|c| c.kind == ChangeKind::Failover && c.phase == ChangePhase::Pending))
+    })
+    .await
+    .unwrap();
+    let operator_pods_api: Api<Pod> = Api::namespaced(client.clone(), op_ns.name());
+    wait_for(
+        "the operator to die at the fail point",
+        WAIT,
+        POLL,
+        || async {
+            let pod = operator_pods_api.get(&operator).await?;
+            let statuses = pod.status.and_then(|s| s.container_statuses);
+            Ok(statuses.unwrap_or_default().iter().any(died).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    operator_pods_api.delete(&operator, &now).await.unwrap();
+
+    let record = shard.wait_primary_change(&old, WAIT).await.unwrap();
+    assert_eq!(
+        record.to, recorded.to,
+        "the next operator promoted another instance"
+    );
+    let status = shard.shard().await.unwrap().status.unwrap();
+    assert_eq!(status.epoch, recorded.epoch, "one failover, one epoch");
+    let after = writer.acked() + 20;
+    writer
+        .wait_acked(after, "writes on the new primary", WAIT)
+        .await
+        .unwrap();
+    let report = writer.finish().await;
+    let missing = load::missing(&shard.rw_target().await.unwrap(), &report.ids())
+        .await
+        .unwrap();
+    println!(
+        "operator Pod killed mid-failover: {old} → {}, {} acknowledged, {} errors, {} \
+         acknowledged writes missing (async)",
+        record.to,
+        report.acks.len(),
+        report.errors,
+        missing.len()
+    );
+    shard.wait_healthy(READY_WAIT).await.unwrap();
+    let (labelled, serving) = shard.primaries().await.unwrap();
+    assert_eq!(labelled, [record.to.as_str()], "labelled primaries");
+    assert_eq!(serving, [record.to.as_str()], "serving primaries");
+    let replacement = operator_pods(&client, op_ns.name(), "rmfp").await;
+    assert!(
+        replacement.iter().all(|p| p.name_any() != operator),
+        "the killed operator Pod was replaced: {:?}",
+        replacement
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Whether a container has exited at least once.
+fn died(status: &ContainerStatus) -> bool {
+    let terminated =
+        |s: &Option<ContainerState>| s.as_ref().is_some_and(|s| s.terminated.is_some());
+    status.restart_count > 0 || terminated(&status.state) || terminated(&status.last_state)
 }

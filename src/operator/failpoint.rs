@@ -4,7 +4,7 @@
 //!
 //! | point | where |
 //! |---|---|
-//! | `failover-recorded` | right after a failover decision (phase `Pending`) is written to the Shard's status, before the old primary is fenced |
+//! | `failover-recorded` | right after this process wrote a new failover decision (phase `Pending`) to the Shard's status, before the old primary is fenced; an operator that finds the decision already recorded goes on, so a restarted one finishes it |
 //! | `migration-backfill` | after a ShardMigration copied a batch (not its first), before the batch's checkpoint is written |
 //! | `migration-verify` | after a ShardMigration's verification (writes not frozen), before its outcome is written |
 

@@ -34,6 +34,7 @@ use super::kubeapi::{self, shard_resource};
 use super::names;
 use super::reconciler::{self, Scope};
 use crate::api::Shard;
+use crate::api::shard::{ChangeKind, ChangePhase, PrimaryChange};
 
 /// The controller's name in metrics and logs.
 pub const CONTROLLER: &str = "shard";
@@ -98,8 +99,9 @@ async fn reconcile_shard(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
         agent_image: &ctx.settings.agent_image,
         now: now.0,
     });
+    let recorded_before = shard.status.as_ref().and_then(|s| s.change.clone());
     execute::record(ctx, &mut shard, &decision).await?;
-    if failover_pending(&shard) {
+    if newly_recorded_failover(recorded_before.as_ref(), &decision) {
         super::failpoint::hit("failover-recorded");
     }
     let plan = plan::plan(
@@ -136,14 +138,17 @@ async fn reconcile_shard(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
     }))
 }
 
-/// Whether the recorded status holds a failover decided but not acted on yet.
-fn failover_pending(shard: &Shard) -> bool {
-    use crate::api::shard::{ChangeKind, ChangePhase};
-    shard
-        .status
-        .as_ref()
-        .and_then(|s| s.change.as_ref())
-        .is_some_and(|c| c.kind == ChangeKind::Failover && c.phase == ChangePhase::Pending)
+/// Whether `decision` records a new failover (phase `Pending`, an epoch that `before`,
+/// the change recorded until now, does not have): it is decided and not acted on.
+fn newly_recorded_failover(
+    before: Option<&PrimaryChange>,
+    decision: &replication::Decision,
+) -> bool {
+    decision.state.change.as_ref().is_some_and(|c| {
+        c.kind == ChangeKind::Failover
+            && c.phase == ChangePhase::Pending
+            && before.is_none_or(|b| b.epoch != c.epoch)
+    })
 }
 
 /// How often replication figures that only drift (positions, lags) are refreshed in
