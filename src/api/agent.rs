@@ -166,6 +166,11 @@ pub struct AgentStatus {
     pub desired_role: DesiredRole,
     /// The epoch of that command (0: from the environment).
     pub epoch: u64,
+    /// The epoch of the command last applied to the running server: the agent has
+    /// finished every step of older commands (a switchover it was running, for
+    /// one). Absent while no command has been applied to the running server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_epoch: Option<u64>,
     /// The server answered an authenticated probe just now.
     pub server_up: bool,
     /// The data directory is initialised.

@@ -351,7 +351,10 @@ impl Converger {
             self.applied = Some(d.clone());
             tracing::info!(epoch = d.epoch, role = ?d.role, "the server is converged");
         }
-        self.shared.update(|s| s.last_error = None);
+        self.shared.update(|s| {
+            s.last_error = None;
+            s.applied_epoch = Some(d.epoch);
+        });
         Ok(Next::Watch)
     }
 
@@ -384,6 +387,7 @@ impl Converger {
         self.shared.record_server_role(role)?;
         self.server = Some(Server::start(&self.shared, &self.reaper, role)?);
         self.applied = None;
+        self.shared.update(|s| s.applied_epoch = None);
         Ok(())
     }
 
@@ -393,6 +397,7 @@ impl Converger {
         self.applied = None;
         self.shared.update(|s| {
             s.pid = None;
+            s.applied_epoch = None;
             s.phase = phase;
         });
     }

@@ -83,6 +83,8 @@ pub struct State {
     pub restarts: u32,
     /// The last error of converging to the desired state (cleared on success).
     pub last_error: Option<String>,
+    /// The epoch of the desired state last applied to the running server.
+    pub applied_epoch: Option<u64>,
 }
 
 impl Default for State {
@@ -97,6 +99,7 @@ impl Default for State {
             server_version: None,
             restarts: 0,
             last_error: None,
+            applied_epoch: None,
         }
     }
 }
@@ -277,6 +280,7 @@ impl Shared {
             role: role.or(s.started_as),
             desired_role: desired.role,
             epoch: desired.epoch,
+            applied_epoch: s.applied_epoch,
             server_up,
             data_dir_initialised: s.data_dir_initialised,
             server_version: s.server_version,

@@ -42,6 +42,9 @@ pub const CANDIDATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// is turned into a failover when that primary is unhealthy, and cancelled when it
 /// still serves.
 pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(60);
+/// A rolling update does not retry a switchover that failed (`Degraded`,
+/// [`SWITCHOVER_FAILED`]) for this long.
+pub const SWITCHOVER_RETRY: Duration = Duration::from_secs(600);
 /// Seconds added to `unhealthyAfter` for `holdCrashedPrimarySeconds`.
 pub const HOLD_MARGIN_SECONDS: u64 = 30;
 /// `unhealthyAfter` when the spec's value cannot be read.
@@ -246,7 +249,7 @@ pub struct Note {
 /// Why a failover or switchover does not happen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocked {
-    /// [`FAILOVER_BLOCKED`] or [`SWITCHOVER_BLOCKED`].
+    /// [`FAILOVER_BLOCKED`], [`SWITCHOVER_BLOCKED`] or [`SWITCHOVER_FAILED`].
     pub reason: &'static str,
     /// Why, for `Degraded`.
     pub message: String,
@@ -735,6 +738,13 @@ fn rolling_update(d: &mut Decision, v: &View<'_>) {
         });
         return;
     }
+    if let Some(message) = recent_switchover_failure(v) {
+        d.blocked = Some(Blocked {
+            reason: SWITCHOVER_FAILED,
+            message,
+        });
+        return;
+    }
     let target = replicas
         .iter()
         .filter(|n| switchover_blocker(v, &primary, n).is_none())
@@ -744,6 +754,17 @@ fn rolling_update(d: &mut Decision, v: &View<'_>) {
         let now = Time(v.now);
         record(d, v, ChangeKind::Switchover, &primary, target, reason, now);
     }
+}
+
+/// The message of a `Degraded` [`SWITCHOVER_FAILED`] condition set less than
+/// [`SWITCHOVER_RETRY`] ago, if the status has one.
+fn recent_switchover_failure(v: &View<'_>) -> Option<String> {
+    let status = v.shard.status.as_ref()?;
+    let failed = status.conditions.iter().find(|c| {
+        c.type_ == condition::DEGRADED && c.status == "True" && c.reason == SWITCHOVER_FAILED
+    })?;
+    (v.seconds_since(&failed.last_transition_time) < SWITCHOVER_RETRY.as_secs_f64())
+        .then(|| failed.message.clone())
 }
 
 // ------------------------------------------------------------------ a change in progress
@@ -801,6 +822,25 @@ fn stalled_switchover(d: &mut Decision, v: &View<'_>, change: &PrimaryChange) {
         .map_or_else(String::new, |e| format!(" (last error: {e})"));
     match v.unhealthy(from) {
         Some(why) => {
+            let since = d
+                .state
+                .primary_unhealthy_since
+                .get_or_insert(Time(v.now))
+                .clone();
+            d.unhealthy = Some(why.clone());
+            let spec = v.spec();
+            if !spec.failover.enabled {
+                let message = format!(
+                    "{from} did not step down for the switchover to {} and is unhealthy \
+                     ({why}), and automatic failover is disabled: bring {from} back, or \
+                     enable failover",
+                    change.to
+                );
+                return block(d, v, FAILOVER_BLOCKED, message);
+            }
+            if v.seconds_since(&since) < unhealthy_after(spec).as_secs_f64() {
+                return;
+            }
             let mut exclude = d.state.failed_candidates.clone();
             exclude.push(from.clone());
             match choose(v, from, &exclude) {
@@ -829,18 +869,17 @@ fn stalled_switchover(d: &mut Decision, v: &View<'_>, change: &PrimaryChange) {
             d.state.change = None;
             d.state.epoch += 1;
             d.spec_primary = Some(from.clone());
-            d.events.push(Note {
-                warning: true,
-                reason: SWITCHOVER_FAILED,
-                note: format!(
-                    "{from} did not step down within {}s of the switchover to {}{last_error}; \
-                     the switchover is cancelled, {from} stays primary at epoch {} and \
-                     spec.primary names it again: edit spec.primary to retry",
-                    SWITCHOVER_TIMEOUT.as_secs(),
-                    change.to,
-                    d.state.epoch
-                ),
-            });
+            let note = format!(
+                "{from} did not step down within {}s of the switchover to {}{last_error}; \
+                 the switchover is cancelled, {from} stays primary at epoch {} and \
+                 spec.primary names it again: edit spec.primary to retry (a rolling \
+                 update retries after {} min)",
+                SWITCHOVER_TIMEOUT.as_secs(),
+                change.to,
+                d.state.epoch,
+                SWITCHOVER_RETRY.as_secs() / 60
+            );
+            block(d, v, SWITCHOVER_FAILED, note);
         }
     }
 }
@@ -1043,11 +1082,15 @@ fn demote(d: &mut Decision, v: &View<'_>, change: &PrimaryChange) {
     push_if_needed(d, v, &change.from, command, false);
 }
 
-/// Every instance in the role of the recorded state.
+/// Every instance in the role of the recorded state. Replicas get a command of the
+/// state's epoch only once the primary has applied its own (see
+/// [`primary_settled`]).
 fn converge(d: &mut Decision, v: &View<'_>) {
     let primary = d.state.primary.clone();
     let epoch = d.state.epoch;
-    let upstream = v.upstream(&primary);
+    let upstream = v
+        .upstream(&primary)
+        .filter(|_| primary_settled(v, &primary, epoch));
     for name in &v.names {
         let command = if *name == primary {
             primary_command(v, name, epoch)
@@ -1062,6 +1105,16 @@ fn converge(d: &mut Decision, v: &View<'_>) {
         };
         push_if_needed(d, v, name, command, false);
     }
+}
+
+/// Whether the primary's agent has applied a command of `epoch` (or reports no
+/// applied epoch at all). Until it has, it may still be finishing an older step: a
+/// Redis `FAILOVER` of a cancelled switchover can still hand the primary role to
+/// its target, and a replica command taken before that step ends would leave the
+/// target a second primary; taken after it, the command makes the target follow.
+fn primary_settled(v: &View<'_>, primary: &str, epoch: u64) -> bool {
+    v.agent(primary)
+        .is_some_and(|a| a.applied_epoch.is_none_or(|applied| applied >= epoch))
 }
 
 fn base_command(v: &View<'_>, epoch: u64) -> RoleCommand {

@@ -106,12 +106,13 @@ impl World {
         }
         let status = self.shard.status.get_or_insert_with(ShardStatus::default);
         d.state.write_to(status);
+        let previous = std::mem::take(&mut status.conditions);
         status.conditions = crate::operator::conditions::settle(
             d.blocked
                 .iter()
                 .map(|b| Desired::yes(condition::DEGRADED, b.reason, b.message.clone()))
                 .collect(),
-            &[],
+            &previous,
             None,
             &Time(self.now),
         );
@@ -627,6 +628,8 @@ fn a_switchover_whose_primary_keeps_serving_is_cancelled_after_the_timeout() {
     assert_eq!(d.state.change.as_ref().unwrap().phase, ChangePhase::Pending);
     assert!(reasons(&d).is_empty(), "still waiting: {:?}", reasons(&d));
 
+    // its agent is still in the switchover step it started for epoch 1
+    world.agent("cache-0-0").applied_epoch = Some(0);
     world.wait(31);
     let d = world.step();
     assert_eq!(d.state.change, None, "cancelled");
@@ -644,11 +647,70 @@ fn a_switchover_whose_primary_keeps_serving_is_cancelled_after_the_timeout() {
         (DesiredRole::Primary, 2)
     );
     assert_eq!(d.labels.role("cache-0-0"), Some(Role::Primary));
+    assert_eq!(
+        d.commands.len(),
+        1,
+        "no replica command before the primary applied epoch 2"
+    );
     let d = world.step();
     assert!(
         d.state.change.is_none(),
         "no new switchover: {:?}",
         d.state.change
+    );
+    assert!(
+        d.commands.iter().all(|c| c.pod == "cache-0-0"),
+        "{:?}",
+        d.commands
+    );
+
+    // once it has applied epoch 2, the replicas follow it at epoch 2 (a target
+    // that the Redis FAILOVER made primary meanwhile is turned back into a replica)
+    world.agent("cache-0-0").applied_epoch = Some(2);
+    let d = world.step();
+    let replicas: Vec<(&str, DesiredRole, u64)> = d
+        .commands
+        .iter()
+        .map(|c| (c.pod.as_str(), c.command.role, c.command.epoch))
+        .collect();
+    assert_eq!(
+        replicas,
+        [
+            ("cache-0-1", DesiredRole::Replica, 2),
+            ("cache-0-2", DesiredRole::Replica, 2)
+        ]
+    );
+}
+
+#[test]
+fn a_rolling_update_waits_before_retrying_a_failed_switchover() {
+    let mut world = World::new(1);
+    world.shard.spec.image = "redis:7.2".into();
+    world.step();
+    world.recreate_from_spec("cache-0-1");
+    let d = world.step();
+    assert_eq!(d.state.change.unwrap().kind, ChangeKind::Switchover);
+    world.wait(61);
+    let d = world.step();
+    assert_eq!(reasons(&d), ["SwitchoverFailed"]);
+    assert_eq!(d.blocked.unwrap().reason, "SwitchoverFailed");
+
+    world.wait(300);
+    let d = world.step();
+    assert!(d.state.change.is_none(), "no retry within 10 min");
+    assert!(reasons(&d).is_empty(), "no new Event: {:?}", reasons(&d));
+    assert_eq!(
+        d.blocked.unwrap().reason,
+        "SwitchoverFailed",
+        "still Degraded"
+    );
+
+    world.wait(301);
+    let d = world.step();
+    assert_eq!(
+        d.state.change.unwrap().kind,
+        ChangeKind::Switchover,
+        "retried"
     );
 }
 
@@ -661,6 +723,11 @@ fn a_switchover_whose_primary_stops_answering_becomes_a_failover() {
     world.received("cache-0-1", 1000, 1000);
     world.received("cache-0-2", 990, 990);
     world.wait(61);
+    let d = world.step();
+    let change = d.state.change.clone().unwrap();
+    assert_eq!(change.kind, ChangeKind::Switchover, "unhealthy just now");
+    assert!(d.state.primary_unhealthy_since.is_some());
+    world.wait(6);
     let d = world.step();
     let change = d.state.change.clone().expect("a failover");
     assert_eq!(
@@ -683,6 +750,31 @@ fn a_switchover_whose_primary_stops_answering_becomes_a_failover() {
         d.delete_pods[0].pod, "cache-0-0",
         "fenced by deleting its Pod"
     );
+}
+
+#[test]
+fn a_stalled_switchover_is_not_failed_over_when_failover_is_disabled() {
+    let mut world = World::new(2);
+    world.shard.spec.failover.enabled = false;
+    world.shard.spec.primary = Some("cache-0-2".into());
+    world.step();
+    world.agents.remove("cache-0-0");
+    world.wait(61);
+    world.step();
+    world.wait(60);
+    let d = world.step();
+    assert_eq!(
+        d.state.change.as_ref().unwrap().kind,
+        ChangeKind::Switchover
+    );
+    let blocked = d.blocked.expect("blocked");
+    assert_eq!(blocked.reason, FAILOVER_BLOCKED);
+    assert!(
+        blocked.message.contains("automatic failover is disabled"),
+        "{}",
+        blocked.message
+    );
+    assert!(d.delete_pods.is_empty() && d.commands.is_empty());
 }
 
 #[test]

@@ -58,6 +58,7 @@ pub(super) fn report(name: &str, role: Role, position: u64, streaming: bool) -> 
         role: Some(role),
         desired_role: desired,
         epoch: 0,
+        applied_epoch: None,
         server_up: true,
         data_dir_initialised: true,
         server_version: None,
