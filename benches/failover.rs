@@ -13,6 +13,12 @@
 //! agent restarts the server in place (no failover) — the time a crash costs when
 //! nothing has to be decided.
 //!
+//! Then, on the same shards, `TRIALS` declarative switchovers (an edit of
+//! `spec.primary` to a replica) under the same writer: the longest pause between two
+//! acknowledged writes from the edit to the end of the switchover, and the
+//! acknowledged writes lost (there must be none), against the failover p50 of the
+//! same shard.
+//!
 //! Run with `cargo bench -p ringmaster --bench failover` (part of `make bench`);
 //! `RINGMASTER_BENCH_FAILOVER_TRIALS` (default 10) sets the trials per combination.
 //! Needs the binaries: `cargo build --workspace --bins` first.
@@ -23,7 +29,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::install_crds;
-use common::load::{self, Writer};
+use common::load::{self, Report, Writer};
 use common::operator::Operator;
 use common::shards::ShardUnderTest;
 use nix::sys::signal::Signal;
@@ -34,9 +40,16 @@ const FAILOVER: Duration = Duration::from_secs(90);
 const MAX_WRITES: u64 = 1_000_000;
 const WRITER_TIME: Duration = Duration::from_secs(120);
 
+/// Results of one shard: its failovers and its switchovers.
+struct Trials {
+    failovers: Vec<Trial>,
+    switchovers: Vec<Trial>,
+}
+
 /// One trial's result.
 struct Trial {
-    /// Kill → first acknowledged write started after the kill.
+    /// Kill → first acknowledged write started after the kill (failover); the
+    /// longest pause between acknowledged writes (switchover).
     recovery: Duration,
     acked: usize,
     missing: usize,
@@ -55,11 +68,21 @@ async fn main() {
         "{:<9} {:<6} {:>9} {:>9} {:>9} {:>10} {:>9}",
         "engine", "mode", "p50 (s)", "max (s)", "baseline", "acked", "lost"
     );
+    let mut switchover_rows = Vec::new();
     for engine in ["redis", "postgres"] {
-        let baseline = run(cluster, engine, false, 0, trials.min(5)).await;
+        let baseline = run(cluster, engine, false, 0, trials.min(5))
+            .await
+            .failovers;
         let baseline_p50 = percentile(&baseline, 0.5);
         for sync in [false, true] {
-            let results = run(cluster, engine, sync, 2, trials).await;
+            let all = run(cluster, engine, sync, 2, trials).await;
+            switchover_rows.push((
+                engine,
+                sync,
+                percentile(&all.failovers, 0.5),
+                all.switchovers,
+            ));
+            let results = all.failovers;
             let p50 = percentile(&results, 0.5);
             let max = percentile(&results, 1.0);
             let acked: usize = results.iter().map(|t| t.acked).sum();
@@ -74,6 +97,41 @@ async fn main() {
             );
         }
     }
+    print_switchovers(&switchover_rows);
+}
+
+/// The switchover table: write pause p50 and max against the failover p50.
+fn print_switchovers(rows: &[(&str, bool, Duration, Vec<Trial>)]) {
+    println!("switchovers (spec.primary edit): longest pause between acknowledged writes");
+    println!(
+        "{:<9} {:<6} {:>9} {:>9} {:>12} {:>10} {:>9}",
+        "engine", "mode", "p50 (s)", "max (s)", "failover p50", "acked", "lost"
+    );
+    for (engine, sync, failover_p50, trials) in rows {
+        let p50 = percentile(trials, 0.5);
+        let acked: usize = trials.iter().map(|t| t.acked).sum();
+        let lost: usize = trials.iter().map(|t| t.missing).sum();
+        println!(
+            "{engine:<9} {:<6} {:>9.2} {:>9.2} {:>12.2} {acked:>10} {lost:>9}   (switchover pause = {:.2}x the failover p50)",
+            if *sync { "sync" } else { "async" },
+            p50.as_secs_f64(),
+            percentile(trials, 1.0).as_secs_f64(),
+            failover_p50.as_secs_f64(),
+            p50.as_secs_f64() / failover_p50.as_secs_f64().max(1e-3),
+        );
+    }
+}
+
+/// The longest time between two acknowledged writes acknowledged after `from`
+/// (the first measured from `from`).
+fn longest_pause(report: &Report, from: Instant) -> Duration {
+    let mut last = from;
+    let mut longest = Duration::ZERO;
+    for ack in report.acks.iter().filter(|a| a.acked >= from) {
+        longest = longest.max(ack.acked - last);
+        last = ack.acked;
+    }
+    longest
 }
 
 fn percentile(trials: &[Trial], q: f64) -> Duration {
@@ -90,7 +148,7 @@ async fn run(
     sync: bool,
     replicas: i32,
     trials: usize,
-) -> Vec<Trial> {
+) -> Trials {
     let name = format!(
         "bench-fo-{engine}-{}-{replicas}",
         if sync { "sync" } else { "async" }
@@ -175,6 +233,59 @@ async fn run(
             missing: missing.len(),
         });
     }
+    let mut switchovers = Vec::new();
+    if replicas > 0 {
+        for trial in 0..trials {
+            let outcome = switchover_trial(&shard, &target, next_id)
+                .await
+                .unwrap_or_else(|e| fail("switchover", e));
+            next_id += MAX_WRITES;
+            eprintln!(
+                "  {name} switchover {trial}: longest pause {:.2} s, {} acknowledged, {} lost",
+                outcome.recovery.as_secs_f64(),
+                outcome.acked,
+                outcome.missing
+            );
+            switchovers.push(outcome);
+        }
+    }
     drop(operator);
-    results
+    Trials {
+        failovers: results,
+        switchovers,
+    }
+}
+
+/// One switchover to a replica under a writer whose ids start at `first_id`.
+async fn switchover_trial(
+    shard: &ShardUnderTest,
+    target: &load::Target,
+    first_id: u64,
+) -> anyhow::Result<Trial> {
+    let primary = shard.wait_healthy(READY).await?;
+    let replica = shard
+        .pods()
+        .await?
+        .into_iter()
+        .map(|p| kube::ResourceExt::name_any(&p))
+        .find(|n| *n != primary)
+        .ok_or_else(|| anyhow::anyhow!("no replica"))?;
+    let writer = Writer::start(target.clone(), first_id, MAX_WRITES, WRITER_TIME);
+    writer
+        .wait_acked(20, "the writer to get going", FAILOVER)
+        .await?;
+    let requested = Instant::now();
+    shard.request_switchover(&replica).await?;
+    shard.wait_primary_change(&primary, FAILOVER).await?;
+    let resumed = writer.acked() + 10;
+    writer
+        .wait_acked(resumed, "writes to resume", FAILOVER)
+        .await?;
+    let report = writer.finish().await;
+    let missing = load::missing(target, &report.ids()).await?;
+    Ok(Trial {
+        recovery: longest_pause(&report, requested),
+        acked: report.acks.len(),
+        missing: missing.len(),
+    })
 }
