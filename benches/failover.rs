@@ -33,7 +33,7 @@ use common::load::{self, Report, Writer};
 use common::operator::Operator;
 use common::shards::ShardUnderTest;
 use nix::sys::signal::Signal;
-use ringmaster_e2e::Cluster;
+use ringmaster_e2e::{Cluster, wait_for};
 
 const READY: Duration = Duration::from_secs(180);
 const FAILOVER: Duration = Duration::from_secs(90);
@@ -218,7 +218,7 @@ async fn run(
         let first = report
             .first_ack_started_after(killed)
             .expect("a write acknowledged after the kill");
-        let missing = load::missing(&target, &report.ids())
+        let missing = audit(&target, &report)
             .await
             .unwrap_or_else(|e| fail("audit", e));
         eprintln!(
@@ -256,6 +256,20 @@ async fn run(
     }
 }
 
+/// The acknowledged writes of `report` missing on the primary. The audit's own
+/// connection may meet a server that has just been restarted (the in-place baseline)
+/// and is retried for up to [`FAILOVER`].
+async fn audit(target: &load::Target, report: &Report) -> anyhow::Result<Vec<u64>> {
+    let ids = report.ids();
+    wait_for(
+        "the audit",
+        FAILOVER,
+        Duration::from_millis(500),
+        || async { load::missing(target, &ids).await.map(Some) },
+    )
+    .await
+}
+
 /// One switchover to a replica under a writer whose ids start at `first_id`.
 async fn switchover_trial(
     shard: &ShardUnderTest,
@@ -282,7 +296,7 @@ async fn switchover_trial(
         .wait_acked(resumed, "writes to resume", FAILOVER)
         .await?;
     let report = writer.finish().await;
-    let missing = load::missing(target, &report.ids()).await?;
+    let missing = audit(target, &report).await?;
     Ok(Trial {
         recovery: longest_pause(&report, requested),
         acked: report.acks.len(),
