@@ -132,7 +132,8 @@ async fn reconcile_shard(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
     }
     let watch_health = shard.spec.replicas > 0 || status.change.is_some();
     Ok(Action::requeue(if watch_health {
-        ctx.settings.health_interval
+        let interval = ctx.settings.health_interval;
+        replication::recheck_after(&decision.state, &shard.spec, now.0, interval)
     } else {
         ctx.settings.requeue
     }))

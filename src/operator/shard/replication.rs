@@ -83,6 +83,33 @@ pub fn unhealthy_after(spec: &ShardSpec) -> Duration {
     parse_duration(&spec.failover.unhealthy_after).unwrap_or(DEFAULT_UNHEALTHY_AFTER)
 }
 
+/// When to look at the shard again: after `interval`, or sooner when an unhealthy
+/// primary becomes due for a failover before that (so a failover starts when
+/// `unhealthyAfter` has passed, not up to one interval later).
+pub fn recheck_after(
+    state: &State,
+    spec: &ShardSpec,
+    now: Timestamp,
+    interval: Duration,
+) -> Duration {
+    let Some(since) = state
+        .primary_unhealthy_since
+        .as_ref()
+        .filter(|_| state.change.is_none())
+    else {
+        return interval;
+    };
+    let elapsed = Duration::try_from(now.duration_since(since.0)).unwrap_or_default();
+    let remaining = unhealthy_after(spec).saturating_sub(elapsed);
+    if remaining.is_zero() {
+        return interval;
+    }
+    remaining.clamp(MIN_RECHECK, interval)
+}
+
+/// The shortest [`recheck_after`].
+const MIN_RECHECK: Duration = Duration::from_millis(50);
+
 /// Seconds a crashed primary is held down for the operator: `unhealthyAfter` + 30 s
 /// when the shard has replicas and failover is enabled, else 0 (restart at once).
 pub fn hold_seconds(spec: &ShardSpec) -> u64 {

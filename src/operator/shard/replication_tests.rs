@@ -11,7 +11,7 @@ use super::objects::template_hash;
 use super::plan::{Observed, plan};
 use super::replication::{
     Decision, FAILOVER_BLOCKED, Inputs, Labels, SWITCHOVER_BLOCKED, State, command_annotation,
-    decide, hold_seconds, parse_duration,
+    decide, hold_seconds, parse_duration, recheck_after,
 };
 use super::tests::{replication_of, report};
 use crate::api::agent::{AgentStatus, DesiredRole, ReplicationReport, StopMode};
@@ -816,6 +816,35 @@ fn a_switchover_to_an_unqualified_instance_is_blocked_and_says_why() {
         assert!(blocked.message.contains(expected), "{}", blocked.message);
         assert_eq!(reasons(&d), ["SwitchoverBlocked"]);
     }
+}
+
+#[test]
+fn an_unhealthy_primary_is_looked_at_again_when_its_failover_is_due() {
+    let second = std::time::Duration::from_secs(1);
+    let mut world = World::new(2);
+    let d = world.step();
+    let spec = world.shard.spec.clone();
+    assert_eq!(recheck_after(&d.state, &spec, world.now, second), second);
+
+    world.crash_primary();
+    let d = world.step();
+    assert!(d.state.primary_unhealthy_since.is_some());
+    world.wait(4);
+    // unhealthyAfter is 5 s: due in 1 s, the interval
+    assert_eq!(recheck_after(&d.state, &spec, world.now, second), second);
+    world.now += SignedDuration::from_millis(700);
+    let due = recheck_after(&d.state, &spec, world.now, second);
+    assert_eq!(
+        due,
+        std::time::Duration::from_millis(300),
+        "sooner than the interval"
+    );
+    world.now += SignedDuration::from_millis(300);
+    assert_eq!(
+        recheck_after(&d.state, &spec, world.now, second),
+        second,
+        "due now"
+    );
 }
 
 // ------------------------------------------------------------------ rolling update
