@@ -24,6 +24,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use nix::sys::signal::Signal;
 use ringmaster::api::shard::ChangePhase;
+use ringmaster::operator::shard::objects;
+use ringmaster::operator::shard::plan::pod_ready;
 use ringmaster_e2e::{Cluster, wait_for};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -437,21 +439,8 @@ fn uid(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
 }
 
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 fn database_resources(pod: &Pod) -> Option<serde_json::Value> {
-    let container = pod
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == "database")?;
-    serde_json::to_value(container.resources.as_ref()?).ok()
+    serde_json::to_value(objects::database_container(pod)?.resources.as_ref()?).ok()
 }
 
 async fn full_scenario(name: &str, engine: &'static str, sync: bool) {

@@ -61,8 +61,10 @@ const POLL: Duration = Duration::from_millis(200);
 const PRELOAD: u64 = 20_000;
 /// Client errors tolerated per command while a migration runs (no failover).
 const MAX_ERROR_RATE: f64 = 0.01;
-/// The phases a completed migration announces with an Event each.
-const PHASE_EVENTS: [&str; 7] = [
+/// The phases a migration goes through in order ("-": no phase yet).
+const PHASE_ORDER: [&str; 9] = [
+    "-",
+    "Pending",
     "Preparing",
     "Backfill",
     "Verify",
@@ -71,6 +73,8 @@ const PHASE_EVENTS: [&str; 7] = [
     "Cleanup",
     "Completed",
 ];
+/// The phases a completed migration announces with an Event each.
+const PHASE_EVENTS: &[&str] = PHASE_ORDER.split_at(2).1;
 
 /// What the diagnostics list.
 const KINDS: &str =
@@ -760,20 +764,9 @@ fn assert_completed_status(rig: &Rig, m: &ShardMigration) {
 /// The phases a migration was seen in never go back (without failover, nothing
 /// restarts the copy).
 fn assert_phase_order(rig: &Rig, out: &Followed) {
-    const ORDER: [&str; 9] = [
-        "-",
-        "Pending",
-        "Preparing",
-        "Backfill",
-        "Verify",
-        "SwitchReads",
-        "SwitchWrites",
-        "Cleanup",
-        "Completed",
-    ];
     let rank = |label: &String| {
         let phase = label.split('/').next().unwrap_or_default();
-        ORDER.iter().position(|p| *p == phase)
+        PHASE_ORDER.iter().position(|p| *p == phase)
     };
     let ranks: Vec<Option<usize>> = out.phases.iter().map(rank).collect();
     if ranks.iter().any(Option::is_none) || ranks.windows(2).any(|w| w[1] < w[0]) {

@@ -40,6 +40,7 @@ pub mod migration;
 pub mod names;
 pub mod quantity;
 pub mod reconciler;
+pub mod security;
 pub mod shard;
 
 use std::time::Duration;

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Probe, SecretKeySelector,
     SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements,
@@ -20,6 +20,7 @@ use crate::api::{PvcRetention, Shard};
 use crate::operator::names::{
     self, AGENT_PORT, AGENT_PORT_NAME, DB_PORT_NAME, TEMPLATE_ANNOTATION, label, secret_key,
 };
+use crate::operator::security::restricted_container;
 use crate::ring::hash::hash_bytes_extended;
 
 /// Name of the init container that installs the agent.
@@ -321,16 +322,9 @@ fn probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
 
 fn container_security() -> SecurityContext {
     SecurityContext {
-        run_as_non_root: Some(true),
         run_as_user: Some(DB_UID),
         run_as_group: Some(DB_UID),
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".to_owned()]),
-            add: None,
-        }),
-        ..SecurityContext::default()
+        ..restricted_container()
     }
 }
 

@@ -554,27 +554,37 @@ fn primary_down(d: &mut Decision, v: &View<'_>, why: String) {
         return;
     }
     let primary = d.state.primary.clone();
+    let reason = format!("{PRIMARY_UNHEALTHY}: {why} for {elapsed:.0}s");
+    let unhealthy = format!("the primary {primary} is unhealthy ({why})");
+    fail_over(d, v, &primary, reason, since, &unhealthy);
+}
+
+/// Fails `primary` over to the best candidate other than it (a new change with
+/// `reason`, started at `started_at`), or reports `unhealthy` and what blocks it.
+fn fail_over(
+    d: &mut Decision,
+    v: &View<'_>,
+    primary: &str,
+    reason: String,
+    started_at: Time,
+    unhealthy: &str,
+) {
     let mut exclude = d.state.failed_candidates.clone();
-    exclude.push(primary.clone());
-    match choose(v, &primary, &exclude) {
+    exclude.push(primary.to_owned());
+    match choose(v, primary, &exclude) {
         Ok(candidate) => {
-            let reason = format!("{PRIMARY_UNHEALTHY}: {why} for {elapsed:.0}s");
+            d.state.change = None;
             record(
                 d,
                 v,
                 ChangeKind::Failover,
-                &primary,
+                primary,
                 &candidate,
                 reason,
-                since,
+                started_at,
             );
         }
-        Err(message) => block(
-            d,
-            v,
-            FAILOVER_BLOCKED,
-            format!("the primary {primary} is unhealthy ({why}) but {message}"),
-        ),
+        Err(message) => block(d, v, FAILOVER_BLOCKED, format!("{unhealthy} but {message}")),
     }
 }
 
@@ -868,29 +878,14 @@ fn stalled_switchover(d: &mut Decision, v: &View<'_>, change: &PrimaryChange) {
             if v.seconds_since(&since) < unhealthy_after(spec).as_secs_f64() {
                 return;
             }
-            let mut exclude = d.state.failed_candidates.clone();
-            exclude.push(from.clone());
-            match choose(v, from, &exclude) {
-                Ok(candidate) => {
-                    d.state.change = None;
-                    let reason = format!(
-                        "{PRIMARY_UNHEALTHY}: {why} {waited:.0}s into a switchover to {}{last_error}",
-                        change.to
-                    );
-                    let since = change.started_at.clone();
-                    record(d, v, ChangeKind::Failover, from, &candidate, reason, since);
-                }
-                Err(message) => block(
-                    d,
-                    v,
-                    FAILOVER_BLOCKED,
-                    format!(
-                        "{from} did not step down for the switchover to {} and is unhealthy \
-                         ({why}) but {message}",
-                        change.to
-                    ),
-                ),
-            }
+            let to = &change.to;
+            let reason = format!(
+                "{PRIMARY_UNHEALTHY}: {why} {waited:.0}s into a switchover to {to}{last_error}"
+            );
+            let unhealthy = format!(
+                "{from} did not step down for the switchover to {to} and is unhealthy ({why})"
+            );
+            fail_over(d, v, from, reason, change.started_at.clone(), &unhealthy);
         }
         None => {
             d.state.change = None;
